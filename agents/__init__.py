@@ -1,0 +1,41 @@
+"""The agent registry: a name on the command line -> an agent class and its config layers.
+
+An entry names the agent's *family* (the config section and the YAML file with the
+paper's defaults, e.g. ``ppo``) and optionally a *variant* file of a few overrides
+(``ppo_pfo``). Later agents add entries here.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from configs import ConfigError
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    target: str  # "module:Class", imported on demand
+    family: str  # config section and configs/<family>.yaml
+    description: str
+    variant: str | None = None  # configs/<variant>.yaml, applied after the family and suite files
+
+    def load(self) -> type:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
+    AgentSpec("ppo", "agents.ppo:PPO", "ppo",
+              "PPO as in the PFO paper's code: separate actor/critic, per-minibatch advantage normalisation"),
+    AgentSpec("ppo_pfo", "agents.ppo:PPO", "ppo",
+              "PPO + Proximal Feature Optimization (Moalla et al. 2024), penultimate layer", variant="ppo_pfo"),
+    AgentSpec("ppo_pfo_all", "agents.ppo:PPO", "ppo",
+              "PPO + PFO on all layers' pre-activations (Moalla et al. 2024)", variant="ppo_pfo_all"),
+]}
+
+
+def get_agent(name: str) -> AgentSpec:
+    if name not in AGENTS:
+        raise ConfigError(f"unknown agent '{name}'; valid agents: {', '.join(AGENTS)}")
+    return AGENTS[name]

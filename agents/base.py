@@ -1,0 +1,68 @@
+"""What a runner needs from an agent, and the errors an agent may raise."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from envs import Episode, VecEnv
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class Agent(ABC):
+    """An on- or off-policy learner that advances in *iterations* (collect, then update).
+
+    Subclasses set ``section`` (the config section holding their hyperparameters) and
+    ``config_class`` (its dataclass). The runner owns the loop, logging, checkpoints and
+    the plasticity monitor; the agent owns its networks, optimisers, buffers and RNG.
+    """
+
+    section: str
+    config_class: type
+
+    def __init__(self, cfg: Any, envs: VecEnv, device: torch.device, total_steps: int, seed: int):
+        self.cfg = cfg
+        self.envs = envs
+        self.device = device
+        self.total_steps = total_steps
+        self.env_steps = 0
+        self.iteration = 0
+
+    @abstractmethod
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
+        """Collect experience and update once; return scalar metrics and finished episodes.
+
+        With ``diagnose`` the agent adds its own costly diagnostics (trust region, KL, ...).
+        """
+
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Named networks for the plasticity monitor (each takes raw observations)."""
+
+    @abstractmethod
+    def optimizers(self) -> list[torch.optim.Optimizer]: ...
+
+    @abstractmethod
+    def probe_batch(self, size: int) -> Tensor:
+        """Up to ``size`` observations already collected, to fix as the diagnostics' probe batch."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        """After a resume whose environments could not be restored: continue from fresh resets."""
+
+
+def check_finite(name: str, value: Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteLossError(f"the {name} loss became {float(value.detach().flatten()[0])}")

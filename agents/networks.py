@@ -1,0 +1,116 @@
+"""Network bodies shared by the agents: Nature CNN (Atari), MinAtar CNN, MLP.
+
+Every network is a flat ``nn.Sequential`` with named layers (``conv1``, ``act1``, ...,
+``fc``, ``act_fc``, ``head``) so that diagnostics read well (``plasticity/dead_frac/actor/fc``)
+and so that :func:`forward_with_preactivations` can return the pre-activations that the
+PFO loss regularises. Networks take raw observations: the scaling of pixels happens inside.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from plasticity.hooks import ACTIVATION_KINDS
+
+
+class Scale(nn.Module):
+    """Casts observations to float and multiplies by a constant (1/255 for pixels)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.factor == 1.0:
+            return x.float()
+        if not x.is_floating_point():
+            return x * self.factor  # one kernel: integer * float promotes to float32
+        return x.float() * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+def nature_cnn(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 512) -> nn.Sequential:
+    """Mnih et al. 2015: conv 32-8-4, 64-4-2, 64-3-1, Linear(hidden), ReLU; pixels scaled by 1/255."""
+    c, h, w = obs_shape
+    for k, s in ((8, 4), (4, 2), (3, 1)):
+        h, w = _conv_out(h, k, s), _conv_out(w, k, s)
+    return nn.Sequential(OrderedDict([
+        ("scale", Scale(1 / 255)),
+        ("conv1", nn.Conv2d(c, 32, 8, 4)), ("act1", nn.ReLU()),
+        ("conv2", nn.Conv2d(32, 64, 4, 2)), ("act2", nn.ReLU()),
+        ("conv3", nn.Conv2d(64, 64, 3, 1)), ("act3", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(64 * h * w, hidden)), ("act_fc", nn.ReLU()),
+        ("head", nn.Linear(hidden, out_dim)),
+    ]))
+
+
+def minatar_cnn(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 128) -> nn.Sequential:
+    """Young & Tian 2019 (MinAtar): conv 16-3-1, ReLU, Linear(hidden), ReLU."""
+    c, h, w = obs_shape
+    return nn.Sequential(OrderedDict([
+        ("scale", Scale(1.0)),
+        ("conv1", nn.Conv2d(c, 16, 3, 1)), ("act1", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(16 * (h - 2) * (w - 2), hidden)), ("act_fc", nn.ReLU()),
+        ("head", nn.Linear(hidden, out_dim)),
+    ]))
+
+
+def mlp(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 64, activation: str = "tanh",
+        depth: int = 2) -> nn.Sequential:
+    """``depth`` hidden layers of width ``hidden`` (CleanRL's classic-control PPO: 2 x 64 tanh)."""
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+    layers: list[tuple[str, nn.Module]] = [("scale", Scale(1.0)), ("flatten", nn.Flatten())]
+    width = math.prod(obs_shape)
+    for i in range(1, depth + 1):
+        name = "fc" if i == depth else f"fc{i}"
+        layers += [(name, nn.Linear(width, hidden)), (f"act_{name}", act())]
+        width = hidden
+    layers.append(("head", nn.Linear(width, out_dim)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+NETWORKS = {"nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn, "mlp": mlp}
+
+
+def build_network(kind: str, obs_shape: tuple[int, ...], out_dim: int, hidden: int,
+                  activation: str = "relu") -> nn.Sequential:
+    if kind == "mlp":
+        return mlp(obs_shape, out_dim, hidden, activation)
+    return NETWORKS[kind](obs_shape, out_dim, hidden)
+
+
+def orthogonal_init(net: nn.Sequential, head_gain: float) -> None:
+    """CleanRL/SB3 initialisation: orthogonal weights (gain sqrt 2, head ``head_gain``), zero biases."""
+    for name, m in net.named_children():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.orthogonal_(m.weight, head_gain if name == "head" else math.sqrt(2))
+            nn.init.zeros_(m.bias)
+
+
+def forward_with_preactivations(net: nn.Sequential, x: Tensor, all_layers: bool) -> tuple[Tensor, Tensor]:
+    """Run ``net`` and return (output, phi).
+
+    phi is the input of the last activation module (the penultimate layer's
+    pre-activations, PFO's default) or, with ``all_layers``, the inputs of every
+    activation module flattened and concatenated (PFO's all-layers option).
+    """
+    pre: list[Tensor] = []
+    for module in net:
+        if type(module) in ACTIVATION_KINDS:
+            pre.append(x)
+        x = module(x)
+    if not pre:
+        raise ValueError("network has no activation module to take features from")
+    phi = torch.cat([p.flatten(1) for p in pre], 1) if all_layers else pre[-1].flatten(1)
+    return x, phi

@@ -1,0 +1,363 @@
+"""PPO, and PPO with Proximal Feature Optimization (PFO), as in the PFO paper's code.
+
+Moalla, Miele, Pyatko, Pascanu, Gulcehre, "No Representation, No Trust: Connecting
+Representation, Collapse, and Trust Issues in PPO", NeurIPS 2024; official code
+github.com/CLAIRE-Labo/no-representation-no-trust (read, not copied). What this file
+does, top to bottom:
+
+1. Collect ``num_steps`` steps from ``num_envs`` environments with the current policy,
+   storing observations, actions, log-probabilities, logits and the policy's
+   penultimate-layer pre-activations ``phi_old`` (PFO's target features, recorded at
+   rollout time by the policy that collected the data).
+2. Compute values for the whole batch once, then GAE(gamma, lambda) advantages and
+   returns. Environments use next-step autoreset (see :mod:`envs.base`); the "reset
+   transition" that follows each episode end is masked out of every loss.
+3. For ``epochs`` epochs, shuffle the batch into minibatches of ``minibatch_size``
+   (incomplete last minibatch dropped) and minimise
+   ``-clipped surrogate - ent_coef * entropy + vf_coef * MSE(value) + pfo_coef * L_PFO``
+   with advantages normalised per minibatch, one backward pass, gradients clipped per
+   network, separate Adam optimisers for actor and critic.
+4. Optionally anneal the learning rate linearly and reset Adam's state after each batch.
+
+Where this differs from the official code, by choice:
+
+* The shared-trunk option uses one Adam over all parameters; the official code puts the
+  trunk in both the actor's and the critic's optimiser, which steps it twice.
+* The default Atari pipeline max-pools the last two frames (envpool always does); the
+  official code used ALE's native frame skip without pooling (``env.backend=ale``
+  with ``env.max_pool=false`` reproduces that).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.base import Agent, check_finite
+from agents.networks import build_network, forward_with_preactivations, orthogonal_init
+from configs import ConfigError, param
+from envs import Episode, VecEnv
+from plasticity.policy import categorical_kl, clip_fraction, trust_region_ratios
+
+
+@dataclass
+class PPOConfig:
+    """PPO and PFO hyperparameters (defaults: PFO paper, Atari)."""
+    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, mlp", choices=("nature_cnn", "minatar_cnn", "mlp"))
+    hidden: int = param("Width of the last hidden layer (the features PFO regularises)", min=1)
+    activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
+    init: str = param("Weight init: default (PyTorch's, as the PFO code) or orthogonal (CleanRL/SB3)",
+                      choices=("default", "orthogonal"))
+    shared_trunk: bool = param("Actor and critic share the body (one optimiser); else separate networks")
+    num_steps: int = param("Rollout length per environment per iteration", min=1)
+    epochs: int = param("Passes over each batch (the paper's non-stationarity knob: 4/6/8)", min=1)
+    minibatch_size: int = param("Samples per gradient step", min=1)
+    lr: float = param("Adam learning rate", min=0.0, min_exclusive=True)
+    anneal_lr: bool = param("Decay the learning rate linearly to 0 over training")
+    adam_eps: float = param("Adam epsilon", min=0.0, min_exclusive=True)
+    adam_betas: tuple[float, float] = param("Adam (beta1, beta2)")
+    reset_adam: bool = param("Reset Adam's moments after every batch (a PFO-paper intervention)")
+    gamma: float = param("Discount factor", min=0.0, max=1.0)
+    gae_lambda: float = param("GAE lambda", min=0.0, max=1.0)
+    clip_eps: float = param("Ratio clipping epsilon", min=0.0, min_exclusive=True)
+    ent_coef: float = param("Entropy bonus coefficient", min=0.0)
+    vf_coef: float = param("Value loss coefficient (loss = vf_coef * MSE)", min=0.0)
+    max_grad_norm: float = param("Gradient norm clip, per network (0: off)", min=0.0)
+    norm_adv: bool = param("Normalise advantages per minibatch")
+    bootstrap_truncated: bool = param("Bootstrap from the value at a time limit (false: treat truncation as termination)")
+    pfo_coef: float = param("PFO coefficient c (0 = plain PPO)", min=0.0)
+    pfo_all_layers: bool = param("PFO on all layers' pre-activations instead of the penultimate layer's")
+    channels_last: bool = param("Run conv nets in channels-last layout (same maths, faster on CPU)")
+    precision: str = param("Forward passes in fp32 (the paper's numerics) or under bf16 autocast (faster; "
+                           "losses, optimiser and stored features stay fp32)", choices=("fp32", "bf16"))
+
+
+# ---------------------------------------------------------------------------------------
+# Losses and returns: pure functions on tensors
+# ---------------------------------------------------------------------------------------
+
+def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
+    return (x * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def gae(rewards: Tensor, values: Tensor, terminated: Tensor, dones: Tensor, gamma: float, lam: float,
+        bootstrap_truncated: bool = True) -> Tensor:
+    """Generalised advantage estimation over a (T, N) rollout.
+
+    ``values`` is (T + 1, N): ``values[t]`` = V(obs_t) and ``values[T]`` = V(obs after the
+    last step). ``dones`` marks steps that ended an episode (terminated or truncated):
+    the recursion stops there. A terminated step does not bootstrap; a truncated step
+    bootstraps from V of the episode's last observation (``values[t + 1]``, which with
+    next-step autoreset is that observation) unless ``bootstrap_truncated`` is false.
+    """
+    no_bootstrap = (terminated if bootstrap_truncated else dones).float()
+    carry = (1.0 - dones.float()) * gamma * lam
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * values[t + 1] * (1.0 - no_bootstrap[t]) - values[t]
+        last = delta + carry[t] * last
+        adv[t] = last
+    return adv
+
+
+def normalize_advantages(adv: Tensor, weight: Tensor) -> Tensor:
+    """(A - mean) / std over the valid samples; biased std clamped at 1e-6 (PFO code)."""
+    mean = masked_mean(adv, weight)
+    std = masked_mean((adv - mean) ** 2, weight).sqrt().clamp_min(1e-6)
+    return (adv - mean) / std
+
+
+def clipped_surrogate_loss(log_ratio: Tensor, adv: Tensor, eps: float, weight: Tensor) -> Tensor:
+    """-E[min(r A, clip(r, 1 - eps, 1 + eps) A)] with r = exp(log_ratio)."""
+    ratio = log_ratio.exp()
+    return -masked_mean(torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv), weight)
+
+
+def pfo_loss(phi: Tensor, phi_old: Tensor, weight: Tensor) -> Tensor:
+    """Proximal Feature Optimization: E_batch[(1/D) sum_j (phi_j - phi_old_j)^2], without c."""
+    return masked_mean((phi - phi_old).pow(2).mean(dim=1), weight)
+
+
+def categorical_entropy(logits: Tensor) -> Tensor:
+    logp = F.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
+
+class PPO(Agent):
+    section = "ppo"
+    config_class = PPOConfig
+
+    def __init__(self, cfg: PPOConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int):
+        super().__init__(cfg, envs, device, total_steps, seed)
+        obs_space = envs.single_observation_space
+        n_actions = int(envs.single_action_space.n)
+        self.num_envs, self.num_steps = envs.num_envs, cfg.num_steps
+        self.batch_size = self.num_envs * self.num_steps
+        if cfg.minibatch_size > self.batch_size:
+            raise ConfigError(f"ppo.minibatch_size={cfg.minibatch_size} exceeds the batch "
+                              f"env.num_envs * ppo.num_steps = {self.batch_size}")
+        self.num_iterations = max(1, math.ceil(total_steps / self.batch_size))
+
+        self.actor = build_network(cfg.network, obs_space.shape, n_actions, cfg.hidden, cfg.activation)
+        if cfg.shared_trunk:
+            body = list(self.actor.named_children())[:-1]
+            self.critic = nn.Sequential(OrderedDict(body + [("head", nn.Linear(cfg.hidden, 1))]))
+        else:
+            self.critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
+        if cfg.init == "orthogonal":
+            orthogonal_init(self.actor, 0.01)
+            orthogonal_init(self.critic, 1.0)
+        self.channels_last = cfg.channels_last and len(obs_space.shape) == 3
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.actor.to(device, memory_format=fmt)
+        self.critic.to(device, memory_format=fmt)
+        self._actor_body = self.actor[:-1]
+
+        adam = dict(lr=cfg.lr, eps=cfg.adam_eps, betas=cfg.adam_betas, fused=True)
+        if cfg.shared_trunk:
+            params = list({id(p): p for p in [*self.actor.parameters(), *self.critic.parameters()]}.values())
+            self._optimizers = [torch.optim.Adam(params, **adam)]
+            self._clip_groups = {"actor_critic": params}
+        else:
+            self._optimizers = [torch.optim.Adam(self.actor.parameters(), **adam),
+                                torch.optim.Adam(self.critic.parameters(), **adam)]
+            self._clip_groups = {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters())}
+
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        T, N = self.num_steps, self.num_envs
+        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        with torch.no_grad():
+            probe = torch.zeros((1, *obs_space.shape), dtype=obs_dtype, device=device)
+            feat_dim = self._policy(probe)[1].shape[1]
+        self.obs = torch.zeros((T, N, *obs_space.shape), dtype=obs_dtype, device=device)
+        self.actions = torch.zeros((T, N), dtype=torch.long, device=device)
+        self.logprobs = torch.zeros((T, N), device=device)
+        self.logits = torch.zeros((T, N, n_actions), device=device)
+        self.features = torch.zeros((T, N, feat_dim), device=device)
+        self.rewards = torch.zeros((T, N), device=device)
+        self.terminated = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.dones = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.valid = torch.zeros((T, N), dtype=torch.bool, device=device)
+        self.restart_episodes(envs.reset())
+
+    # -- forward passes ----------------------------------------------------------------------
+    def _input(self, obs: Tensor) -> Tensor:
+        return obs.contiguous(memory_format=torch.channels_last) if self.channels_last else obs
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, phi): phi = penultimate pre-activations (or all layers', concatenated)."""
+        with self._autocast():
+            hidden, phi = forward_with_preactivations(self._actor_body, self._input(obs), self.cfg.pfo_all_layers)
+            logits = self.actor.head(hidden)
+        return logits.float(), phi.float()
+
+    def _value(self, obs: Tensor) -> Tensor:
+        with self._autocast():
+            return self.critic(self._input(obs)).squeeze(-1).float()
+
+    def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:
+        return torch.cat([self._value(obs[i:i + chunk]) for i in range(0, obs.shape[0], chunk)])
+
+    # -- 1. collect --------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self) -> list[Episode]:
+        episodes: list[Episode] = []
+        for t in range(self.num_steps):
+            self.obs[t] = self.next_obs
+            self.valid[t] = ~self.prev_done
+            logits, phi = self._policy(self.next_obs)
+            action = torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
+            self.actions[t] = action
+            self.logprobs[t] = F.log_softmax(logits, -1).gather(1, action[:, None]).squeeze(1)
+            self.logits[t] = logits
+            self.features[t] = phi
+            step = self.envs.step(action.cpu().numpy())
+            self.rewards[t] = torch.from_numpy(step.reward).to(self.device)
+            self.terminated[t] = torch.from_numpy(step.terminated).to(self.device)
+            done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
+            self.dones[t] = done
+            self.next_obs = torch.from_numpy(step.obs).to(self.device)
+            self.prev_done = done
+            episodes.extend(step.episodes)
+        self.env_steps += self.batch_size
+        return episodes
+
+    # -- 2.-4. learn -------------------------------------------------------------------------
+    def update(self, diagnose: bool) -> dict[str, float]:
+        cfg, B, M = self.cfg, self.batch_size, self.cfg.minibatch_size
+        obs = self.obs.reshape(B, *self.obs.shape[2:])
+        with torch.no_grad():
+            values = self._values_chunked(torch.cat([obs, self.next_obs])).reshape(self.num_steps + 1, self.num_envs)
+            adv = gae(self.rewards, values, self.terminated, self.dones, cfg.gamma, cfg.gae_lambda,
+                      cfg.bootstrap_truncated)
+            returns = (adv + values[:-1]).reshape(B)
+        adv, valid = adv.reshape(B), self.valid.reshape(B).float()
+        actions, old_logp = self.actions.reshape(B), self.logprobs.reshape(B)
+        old_phi = self.features.reshape(B, -1)
+
+        sums: dict[str, float] = {}
+        steps = 0
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(B, generator=self.gen, device=self.device)
+            for start in range(0, B - M + 1, M):
+                idx = perm[start:start + M]
+                w = valid[idx]
+                mb_obs = self._input(obs[idx])
+                logits, phi = self._policy(mb_obs)
+                logp_all = F.log_softmax(logits, -1)
+                log_ratio = logp_all.gather(1, actions[idx, None]).squeeze(1) - old_logp[idx]
+                mb_adv = normalize_advantages(adv[idx], w) if cfg.norm_adv else adv[idx]
+                policy_loss = clipped_surrogate_loss(log_ratio, mb_adv, cfg.clip_eps, w)
+                entropy = masked_mean(categorical_entropy(logits), w)
+                value = self._value(mb_obs)
+                value_loss = masked_mean((value - returns[idx]) ** 2, w)
+                feature_loss = pfo_loss(phi, old_phi[idx], w)
+                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+                if cfg.pfo_coef > 0:
+                    loss = loss + cfg.pfo_coef * feature_loss
+                check_finite("PPO total", loss)
+
+                for opt in self._optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                stats = {"losses/policy": policy_loss, "losses/value": value_loss, "losses/entropy": entropy,
+                         "losses/pfo": feature_loss}
+                for name, params in self._clip_groups.items():
+                    norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                    stats[f"losses/grad_norm/{name}"] = norm
+                for opt in self._optimizers:
+                    opt.step()
+                with torch.no_grad():
+                    ratio = log_ratio.exp()
+                    keep = w > 0
+                    stats["losses/approx_kl"] = ((ratio - 1) - log_ratio)[keep].mean()
+                    stats["losses/clip_frac"] = clip_fraction(ratio[keep], mb_adv[keep], cfg.clip_eps)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
+                steps += 1
+        metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+        if cfg.reset_adam:
+            for opt in self._optimizers:
+                opt.state.clear()
+        with torch.no_grad():
+            v_pred, v_true = values[:-1].reshape(B)[valid > 0], returns[valid > 0]
+            var = v_true.var()
+            metrics["losses/explained_variance"] = float(1 - (v_true - v_pred).var() / var) if var > 0 else math.nan
+        if diagnose:
+            metrics.update(self.trust_region_metrics(obs, actions, old_logp, old_phi, valid > 0))
+        return metrics
+
+    @torch.no_grad()
+    def trust_region_metrics(self, obs: Tensor, actions: Tensor, old_logp: Tensor, old_phi: Tensor,
+                             keep: Tensor, chunk: int = 1024) -> dict[str, float]:
+        """After the last epoch, on the whole batch: how far the policy moved (PFO's metrics)."""
+        outs = [self._policy(obs[i:i + chunk]) for i in range(0, obs.shape[0], chunk)]
+        logits = torch.cat([o[0] for o in outs])[keep]
+        phi = torch.cat([o[1] for o in outs])[keep]
+        log_ratio = F.log_softmax(logits, -1).gather(1, actions[keep, None]).squeeze(1) - old_logp[keep]
+        ratio = log_ratio.exp()
+        out = {f"trust_region/{k}": v for k, v in trust_region_ratios(ratio, self.cfg.clip_eps).items()}
+        old_logits = self.logits.reshape(-1, self.logits.shape[-1])[keep]
+        out["trust_region/kl"] = float(categorical_kl(old_logits, logits).mean())
+        out["trust_region/kl_k1"] = float((-log_ratio).mean())
+        out["trust_region/kl_k3"] = float(((ratio - 1) - log_ratio).mean())
+        out["trust_region/feature_mse"] = float((phi - old_phi[keep]).pow(2).mean())
+        return out
+
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
+        lr = self.cfg.lr * (1.0 - self.iteration / self.num_iterations) if self.cfg.anneal_lr else self.cfg.lr
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        episodes = self.collect()
+        metrics = self.update(diagnose)
+        metrics["charts/learning_rate"] = lr
+        self.iteration += 1
+        return metrics, episodes
+
+    # -- runner interface --------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self._optimizers
+
+    def probe_batch(self, size: int) -> Tensor:
+        return self.obs.reshape(self.batch_size, *self.obs.shape[2:])[:size].clone()
+
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        self.next_obs = torch.from_numpy(obs).to(self.device)
+        self.prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self._optimizers],
+            "generator": self.gen.get_state(), "next_obs": self.next_obs.cpu(), "prev_done": self.prev_done.cpu(),
+            "iteration": self.iteration, "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        for opt, s in zip(self._optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        self.gen.set_state(state["generator"])
+        self.next_obs = state["next_obs"].to(self.device)
+        self.prev_done = state["prev_done"].to(self.device)
+        self.iteration = state["iteration"]
+        self.env_steps = state["env_steps"]

@@ -1,0 +1,94 @@
+"""The batched-environment seam every agent talks to.
+
+All back ends (envpool, ale-py, gymnasium environments stepped in-process) present the
+same interface, :class:`VecEnv`:
+
+* ``reset() -> obs`` once at the start; after that only ``step``.
+* **Next-step autoreset** (gymnasium 1.x's default, envpool's and ale-py's behaviour):
+  when ``step`` reports ``terminated`` or ``truncated`` for an environment, the
+  observation it returns is that episode's last one; the *next* ``step`` ignores the
+  action for that environment, resets it and returns the first observation of the new
+  episode with reward 0 and no termination. Agents mask these "reset transitions".
+  A truncated episode's last observation is therefore at hand for bootstrapping.
+* Episode statistics come in ``VecStep.episodes``: the *unclipped* return and the
+  length in agent steps of each real episode that ended on this step (a game over or a
+  time limit, not a lost life when ``episodic_life`` turns life loss into termination).
+* ``get_state()``/``set_state()`` snapshot everything needed to continue bit for bit,
+  where the back end allows it (``can_save_state``).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Episode:
+    """A finished episode: unclipped return, length in agent steps, and which env ran it."""
+    ret: float
+    length: int
+    env_index: int
+
+
+class VecStep(NamedTuple):
+    obs: np.ndarray
+    reward: np.ndarray  # float32, the reward to learn from (sign-clipped where configured)
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    episodes: list[Episode]
+
+
+class EpisodeTracker:
+    """Accumulates raw rewards and step counts per environment until a real episode end."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+
+    def update(self, raw_reward: np.ndarray, counted: np.ndarray, ended: np.ndarray) -> list[Episode]:
+        self.returns += raw_reward
+        self.lengths += counted
+        done = []
+        for i in np.flatnonzero(ended):
+            done.append(Episode(float(self.returns[i]), int(self.lengths[i]), int(i)))
+            self.returns[i] = 0.0
+            self.lengths[i] = 0
+        return done
+
+    def state_dict(self) -> dict:
+        return {"returns": self.returns.copy(), "lengths": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns[:] = state["returns"]
+        self.lengths[:] = state["lengths"]
+
+
+class VecEnv(ABC):
+    """A batch of ``num_envs`` copies of one environment with next-step autoreset."""
+
+    num_envs: int
+    single_observation_space: gym.spaces.Box
+    single_action_space: gym.spaces.Discrete
+    frame_skip: int = 1
+    #: True when get_state() captures the emulator itself (exact resume); False when only
+    #: bookkeeping survives and episodes restart from fresh resets after a resume.
+    can_save_state: bool = True
+
+    @abstractmethod
+    def reset(self) -> np.ndarray: ...
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> VecStep: ...
+
+    @abstractmethod
+    def get_state(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        pass

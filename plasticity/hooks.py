@@ -1,0 +1,77 @@
+"""Capturing activations with forward hooks, separate from the metrics computed on them.
+
+Hooks sit on activation *modules* (``nn.ReLU``, ``nn.Tanh``, ...): a hook sees the
+module's input (the pre-activation) and output (the post-activation) at once. A layer is
+named after the parameterised module just before its activation in the parent container
+(``conv1``, ``fc``), which is what a reader expects to see in TensorBoard; otherwise after
+the activation module itself. Activations applied functionally (``F.relu`` inside
+``forward``) are invisible to hooks: use modules in networks you want to monitor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+ACTIVATION_KINDS: dict[type, str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.ELU: "elu",
+    nn.SiLU: "silu", nn.Mish: "mish", nn.Softplus: "softplus", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+}
+
+
+@dataclass
+class ActivationLayer:
+    name: str
+    kind: str
+    module: nn.Module
+
+
+def _has_own_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def activation_layers(model: nn.Module) -> list[ActivationLayer]:
+    """Every activation module of ``model``, named after the layer that feeds it."""
+    layers: list[ActivationLayer] = []
+    for parent_name, parent in model.named_modules():
+        previous = None
+        for child_name, child in parent.named_children():
+            qualified = f"{parent_name}.{child_name}" if parent_name else child_name
+            kind = ACTIVATION_KINDS.get(type(child))
+            if kind is not None:
+                layers.append(ActivationLayer(previous or qualified, kind, child))
+            elif _has_own_params(child):
+                previous = qualified
+    return layers
+
+
+def parameterised_layers(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Modules that own parameters (Linear, Conv, norms), by qualified name."""
+    return {name or "module": list(m.parameters(recurse=False))
+            for name, m in model.named_modules() if _has_own_params(m)}
+
+
+class ActivationCapture:
+    """Context manager that records (pre, post) activations of every activation layer.
+
+    >>> with ActivationCapture(net) as cap:
+    ...     net(x)
+    >>> cap.records["fc"]  # (kind, pre-activation, post-activation)
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = activation_layers(model)
+        self.records: dict[str, tuple[str, Tensor, Tensor]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "ActivationCapture":
+        for layer in self.layers:
+            def hook(module, inputs, output, layer=layer):
+                self.records[layer.name] = (layer.kind, inputs[0].detach(), output.detach())
+            self._handles.append(layer.module.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

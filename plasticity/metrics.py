@@ -1,0 +1,165 @@
+"""Plasticity diagnostics as small pure functions on tensors.
+
+Conventions: ``phi`` is an (n, d) feature matrix of one batch (n samples, d units), not
+centred; ``s`` its singular values in descending order. Activations of conv layers are
+(n, C, H, W); a conv "unit" is a channel (mean over batch *and* space), as in ReDo.
+Where a metric is undefined for the input (a rank with n < d) the function returns
+``None`` rather than a misleading number.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+# ---------------------------------------------------------------------------------------
+# Rank of a feature matrix
+# ---------------------------------------------------------------------------------------
+
+def singular_values(phi: Tensor) -> Tensor:
+    """Singular values of a 2-D feature matrix, descending, computed in float64."""
+    return torch.linalg.svdvals(phi.detach().to(torch.float64))
+
+
+def srank(s: Tensor, delta: float = 0.01) -> int:
+    """Kumar et al. 2021: min k such that sum_{i<=k} s_i >= (1 - delta) sum_i s_i."""
+    total = s.sum()
+    if total <= 0:
+        return 0
+    cum = torch.cumsum(s, 0) / total
+    return int(torch.searchsorted(cum, torch.tensor(1.0 - delta, dtype=cum.dtype) - 1e-12).item()) + 1
+
+
+def effective_rank(s: Tensor) -> float:
+    """Roy & Vetterli 2007: exp of the entropy of p_k = s_k / sum s."""
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def approximate_rank(s: Tensor, threshold: float = 0.99) -> int:
+    """Yang et al. 2020 (PCA): min k such that sum_{i<=k} s_i^2 >= threshold * sum s_i^2."""
+    sq = s ** 2
+    total = sq.sum()
+    if total <= 0:
+        return 0
+    cum = torch.cumsum(sq, 0) / total
+    return int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype) - 1e-12).item()) + 1
+
+
+def feature_rank(s: Tensor, n: int, eps: float = 0.01) -> int:
+    """Lyle et al. 2022: number of singular values with s_i / sqrt(n) > eps."""
+    return int((s / math.sqrt(n) > eps).sum())
+
+
+def numerical_rank(phi: Tensor) -> int:
+    """torch.linalg.matrix_rank with its default tolerance."""
+    return int(torch.linalg.matrix_rank(phi.detach().to(torch.float64)))
+
+
+def stable_rank(s: Tensor) -> float:
+    """||Phi||_F^2 / ||Phi||_2^2 (classical stable rank; not Kumar's srank)."""
+    if s.numel() == 0 or s[0] <= 0:
+        return 0.0
+    return float((s ** 2).sum() / s[0] ** 2)
+
+
+def rank_metrics(phi: Tensor, srank_delta: float = 0.01) -> dict[str, float] | None:
+    """Every rank of an (n, d) feature matrix, or None when n < d (not computed)."""
+    phi = phi.reshape(phi.shape[0], -1)
+    n, d = phi.shape
+    if n < d:
+        return None
+    s = singular_values(phi)
+    return {
+        "srank": srank(s, srank_delta),
+        "effective_rank": effective_rank(s),
+        "approx_rank": approximate_rank(s),
+        "feature_rank": feature_rank(s, n),
+        "numerical_rank": numerical_rank(phi),
+        "stable_rank": stable_rank(s),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Dead, dormant and linearised units
+# ---------------------------------------------------------------------------------------
+
+def _per_unit(x: Tensor) -> Tensor:
+    """(n, C, ...) -> (n, C, m): units are channels; spatial positions become extra samples."""
+    return x.detach().reshape(x.shape[0], x.shape[1], -1)
+
+
+def dead_mask(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3) -> Tensor:
+    """Units that never fire on the batch (PFO code's definition).
+
+    relu/leaky_relu/gelu-like: post-activation <= 0 on every sample (and position);
+    tanh/sigmoid: standard deviation of the post-activation below ``tanh_std``.
+    """
+    u = _per_unit(post)
+    if activation in ("tanh", "sigmoid"):
+        return u.transpose(0, 1).reshape(u.shape[1], -1).std(dim=1) < tanh_std
+    return (u <= 0).all(dim=2).all(dim=0)
+
+
+def dead_fraction(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3) -> float:
+    return float(dead_mask(post, activation, tanh_std).float().mean())
+
+
+def dormant_scores(post: Tensor) -> Tensor:
+    """Sokar et al. 2023: E|h_i| / mean_k E|h_k| per unit (conv: mean over batch and space)."""
+    mean_abs = _per_unit(post).abs().mean(dim=(0, 2))
+    norm = mean_abs.mean()
+    return mean_abs / norm if norm > 0 else torch.zeros_like(mean_abs)
+
+
+def dormant_mask(post: Tensor, tau: float = 0.025) -> Tensor:
+    """tau-dormant units: score <= tau (tau = 0 gives the units that are exactly zero)."""
+    return dormant_scores(post) <= tau
+
+
+def dormant_fraction(post: Tensor, tau: float = 0.025) -> float:
+    return float(dormant_mask(post, tau).float().mean())
+
+
+def zombie_fraction(pre: Tensor) -> float:
+    """Lyle et al. 2024: ReLU units whose input is positive on every sample (they act linearly)."""
+    return float((_per_unit(pre) > 0).all(dim=2).all(dim=0).float().mean())
+
+
+def feature_norm(x: Tensor) -> float:
+    """Mean over samples of the L2 norm of each sample's (flattened) features."""
+    return float(x.detach().reshape(x.shape[0], -1).norm(dim=1).mean())
+
+
+# ---------------------------------------------------------------------------------------
+# Weights, updates and effective learning rate
+# ---------------------------------------------------------------------------------------
+
+def tensor_norm(tensors: list[Tensor] | Tensor) -> float:
+    """Global L2 norm of one tensor or a list of tensors."""
+    if isinstance(tensors, Tensor):
+        tensors = [tensors]
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+def update_norm(before: list[Tensor], after: list[Tensor]) -> float:
+    """||theta_after - theta_before|| over a list of parameters."""
+    return tensor_norm([a.detach() - b for a, b in zip(after, before, strict=True)])
+
+
+def update_ratio(update: float, weight: float) -> float:
+    """||delta theta|| / ||theta|| (0 when the weights are zero)."""
+    return update / weight if weight > 0 else 0.0
+
+
+def effective_lr(lr: float, weight_norm: float, adaptive: bool) -> float:
+    """ELR of a scale-invariant layer (Lyle et al. 2024): lr/||w|| (Adam-like) or lr/||w||^2 (SGD)."""
+    if weight_norm <= 0:
+        return math.inf
+    return lr / weight_norm if adaptive else lr / weight_norm ** 2

@@ -1,0 +1,159 @@
+"""The plasticity monitor: diagnostics for any set of networks and optimisers, on a schedule.
+
+Usage in any training loop::
+
+    monitor = PlasticityMonitor({"actor": actor}, [optimizer], cfg, probe=obs_batch)
+    for it in range(n):
+        diagnose = monitor.due(it)
+        monitor.track_updates(diagnose)      # per-step update/grad norms during this iteration
+        ...train...
+        if diagnose:
+            writer.log(monitor.collect())    # {"plasticity/<metric>/<network>/<layer>": value}
+
+On a fixed probe batch, every activation layer gets dead/dormant/zombie fractions and the
+pre-activation feature norm, and every layer whose flattened features satisfy n >= d gets
+the ranks of :func:`plasticity.metrics.rank_metrics`. Every parameterised layer gets its
+weight norm and, averaged over the optimiser steps of the tracked iteration, its update
+norm, update-to-weight ratio and gradient norm (as the optimiser saw it, after clipping),
+plus the nominal effective learning rate.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from configs import param
+from plasticity import metrics as M
+from plasticity.hooks import ActivationCapture, parameterised_layers
+
+ADAPTIVE_OPTIMISERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
+                       torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
+
+
+@dataclass
+class DiagnosticsConfig:
+    """When and how the plasticity diagnostics run."""
+    enabled: bool = param("Compute plasticity diagnostics at all")
+    interval: int = param("Run diagnostics every this many iterations (updates of the agent)", min=1)
+    probe_size: int = param("Observations in the fixed probe batch (ranks need probe_size >= layer width)", min=1)
+    dormant_tau: float = param("tau of the tau-dormant ratio (Sokar et al. 2023)", min=0.0)
+    srank_delta: float = param("delta of srank (Kumar et al. 2021)", min=0.0, max=1.0)
+    tanh_dead_std: float = param("A tanh/sigmoid unit is dead when its std on the probe batch is below this", min=0.0)
+
+
+class PlasticityMonitor:
+    """Computes the diagnostics of :mod:`plasticity.metrics` for named networks."""
+
+    def __init__(self, networks: dict[str, nn.Module], optimizers: list[torch.optim.Optimizer],
+                 cfg: DiagnosticsConfig, probe: Tensor | None = None):
+        self.networks = networks
+        self.cfg = cfg
+        self.probe = probe
+        self._layers = {(net, layer): params for net, module in networks.items()
+                        for layer, params in parameterised_layers(module).items()}
+        owner = {id(p): key for key, params in self._layers.items() for p in params}
+        # optimiser and param group of each layer, for the learning rate in the ELR
+        self._group: dict[tuple[str, str], tuple[torch.optim.Optimizer, dict]] = {}
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in owner:
+                        self._group.setdefault(owner[id(p)], (opt, group))
+        self._tracking = False
+        self._before: dict[tuple[str, str], list[Tensor]] = {}
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        for opt in optimizers:
+            opt.register_step_pre_hook(self._pre_step)
+            opt.register_step_post_hook(self._post_step)
+
+    # -- schedule ----------------------------------------------------------------------------
+    def due(self, iteration: int) -> bool:
+        return self.cfg.enabled and iteration % self.cfg.interval == 0
+
+    def track_updates(self, on: bool) -> None:
+        """Record update and gradient norms of every optimiser step until collect()."""
+        self._tracking = on
+
+    # -- optimiser hooks ---------------------------------------------------------------------
+    def _layers_of(self, opt: torch.optim.Optimizer):
+        return [key for key, (o, _) in self._group.items() if o is opt]
+
+    def _pre_step(self, opt, args, kwargs) -> None:
+        if not self._tracking:
+            return
+        for key in self._layers_of(opt):
+            params = self._layers[key]
+            self._before[key] = [p.detach().clone() for p in params]
+            grads = [p.grad for p in params if p.grad is not None]
+            self._accumulate(f"grad_norm/{key[0]}/{key[1]}", M.tensor_norm(grads) if grads else 0.0)
+
+    def _post_step(self, opt, args, kwargs) -> None:
+        if not self._tracking:
+            return
+        for key in self._layers_of(opt):
+            before = self._before.pop(key, None)
+            if before is None:
+                continue
+            params = self._layers[key]
+            upd = M.update_norm(before, params)
+            self._accumulate(f"update_norm/{key[0]}/{key[1]}", upd)
+            self._accumulate(f"update_ratio/{key[0]}/{key[1]}", M.update_ratio(upd, M.tensor_norm(before)))
+
+    def _accumulate(self, key: str, value: float) -> None:
+        self._sums[key] += value
+        self._counts[key] += 1
+
+    # -- metrics -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def activation_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.probe is None:
+            return out
+        cfg = self.cfg
+        for net_name, net in self.networks.items():
+            with ActivationCapture(net) as cap:
+                net(self.probe)
+            dead_units, total_units = 0, 0
+            for layer, (kind, pre, post) in cap.records.items():
+                key = f"{net_name}/{layer}"
+                dead = M.dead_mask(post, kind, cfg.tanh_dead_std)
+                dead_units += int(dead.sum())
+                total_units += dead.numel()
+                out[f"plasticity/dead_frac/{key}"] = float(dead.float().mean())
+                out[f"plasticity/dormant_frac/{key}"] = M.dormant_fraction(post, cfg.dormant_tau)
+                if kind in ("relu", "leaky_relu"):
+                    out[f"plasticity/zombie_frac/{key}"] = M.zombie_fraction(pre)
+                out[f"plasticity/feature_norm/{key}"] = M.feature_norm(pre)
+                ranks = M.rank_metrics(post, cfg.srank_delta)
+                for name, value in (ranks or {}).items():
+                    out[f"plasticity/{name}/{key}"] = float(value)
+            if total_units:
+                out[f"plasticity/dead_frac/{net_name}/all"] = dead_units / total_units
+        return out
+
+    def weight_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (net, layer), params in self._layers.items():
+            norm = M.tensor_norm(params)
+            out[f"plasticity/weight_norm/{net}/{layer}"] = norm
+            if (net, layer) in self._group:
+                opt, group = self._group[(net, layer)]
+                out[f"plasticity/elr/{net}/{layer}"] = M.effective_lr(
+                    float(group["lr"]), norm, isinstance(opt, ADAPTIVE_OPTIMISERS))
+        for net, module in self.networks.items():
+            out[f"plasticity/weight_norm/{net}/all"] = M.tensor_norm(list(module.parameters()))
+        return out
+
+    def collect(self) -> dict[str, float]:
+        """All diagnostics now; resets the per-step accumulators and stops tracking."""
+        out = self.activation_metrics()
+        out.update(self.weight_metrics())
+        out.update({f"plasticity/{k}": v / self._counts[k] for k, v in self._sums.items()})
+        self._sums.clear()
+        self._counts.clear()
+        self._tracking = False
+        return out

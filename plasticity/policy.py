@@ -1,0 +1,73 @@
+"""Trust-region and policy-change diagnostics for ratio-clipped policy gradients (PPO).
+
+Definitions follow the PFO paper's code ("No Representation, No Trust", Moalla et al.
+2024): ratios r = pi_new(a|s) / pi_old(a|s) on the stored actions of the batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def clip_fraction(ratio: Tensor, advantages: Tensor, eps: float) -> float:
+    """Fraction of samples where the clipped surrogate term is strictly below the unclipped one.
+
+    PFO's definition: the objective min(r A, clip(r, 1-eps, 1+eps) A) takes the clipped
+    branch; ties count as unclipped.
+    """
+    clipped = torch.clamp(ratio, 1 - eps, 1 + eps) * advantages
+    return float((clipped < ratio * advantages).float().mean())
+
+
+def kl_k1(log_ratio: Tensor) -> float:
+    """Naive sample estimator of KL(old || new): mean(-log r) (Schulman's k1)."""
+    return float((-log_ratio).mean())
+
+
+def kl_k3(log_ratio: Tensor) -> float:
+    """Low-variance, non-negative estimator: mean((r - 1) - log r) (Schulman's k3)."""
+    return float((torch.expm1(log_ratio) - log_ratio).mean())
+
+
+def categorical_kl(old_logits: Tensor, new_logits: Tensor) -> Tensor:
+    """Analytic KL(old || new) per sample for categorical policies given logits."""
+    old_logp = torch.log_softmax(old_logits, -1)
+    new_logp = torch.log_softmax(new_logits, -1)
+    return (old_logp.exp() * (old_logp - new_logp)).sum(-1)
+
+
+def trust_region_ratios(ratio: Tensor, eps: float) -> dict[str, float]:
+    """How far ratios escape the clip range after an update (PFO's trust-region metrics).
+
+    Returns the share and mean of ratios above 1+eps and below 1-eps, and the "excess
+    ratio" mean_above / mean_below for this batch (only where both sides exist).
+    The paper's headline number averages this excess ratio over the last 5% of training;
+    see :func:`excess_ratio_tail`.
+    """
+    above = ratio[ratio > 1 + eps]
+    below = ratio[ratio < 1 - eps]
+    out = {
+        "ratio_max": float(ratio.max()),
+        "ratio_min": float(ratio.min()),
+        "frac_above": above.numel() / max(ratio.numel(), 1),
+        "frac_below": below.numel() / max(ratio.numel(), 1),
+    }
+    if above.numel():
+        out["ratio_above_mean"] = float(above.mean())
+    if below.numel():
+        out["ratio_below_mean"] = float(below.mean())
+    if above.numel() and below.numel():
+        out["excess_ratio"] = out["ratio_above_mean"] / out["ratio_below_mean"]
+    return out
+
+
+def excess_ratio_tail(steps: list[float], values: list[float], total_steps: float, tail: float = 0.05) -> float:
+    """Mean of the logged excess ratios whose step lies in the last ``tail`` share of training.
+
+    NaN where no logged value falls in that window.
+    """
+    start = total_steps * (1 - tail)
+    window = [v for s, v in zip(steps, values) if s >= start and not math.isnan(v)]
+    return sum(window) / len(window) if window else math.nan

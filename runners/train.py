@@ -1,0 +1,264 @@
+"""The training loop every runner shares: iterate, log, diagnose, checkpoint, stop cleanly.
+
+A run directory ``results/<experiment>/<run-name>/`` holds:
+
+* ``config.yaml``: the fully resolved configuration, each field with its source;
+* ``run.json``: suite, agent, command line and format version (what ``--resume`` reads);
+* ``metrics.csv`` and ``tb/``: one row / one set of scalars per logging step;
+* ``probe.pt``: the fixed probe batch of the plasticity diagnostics;
+* ``checkpoints/step_<env-steps>.pt`` (periodic) and ``checkpoints/latest.pt``;
+* ``summary.json``: status (completed / interrupted / failed), totals, final return, machine.
+
+SIGTERM, SIGUSR1 (what Slurm sends before preemption or a time limit) and Ctrl-C make
+the loop finish its iteration, write a checkpoint and exit with status 0; ``--resume``
+continues from it. On a back end that can save its emulators (ale-py, MinAtar, classic
+control) the resumed run ends with exactly the parameters and metrics of an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.base import Agent, NonFiniteLossError
+from configs import param
+from envs import Episode, VecEnv
+from plasticity.monitor import PlasticityMonitor
+from plasticity.policy import excess_ratio_tail
+from runners.storage import (CHECKPOINT_FORMAT, MetricsLogger, atomic_torch_save, atomic_write_json,
+                             link_or_copy, read_metrics)
+
+
+@dataclass
+class RunConfig:
+    """Budget, seed, device and bookkeeping of one run."""
+    seed: int = param("Seed of Python, NumPy, torch and (derived) the environments", min=0)
+    total_steps: int = param("Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
+    device: str = param("auto picks CUDA when available, else the CPU", choices=("auto", "cpu", "cuda"))
+    experiment: str = param("Results go to <results_dir>/<experiment>/<run_name>/ (empty: the suite's name)")
+    run_name: str = param("Run directory name (empty: <env>__<agent>__s<seed>__<date-time>)")
+    results_dir: str = param("Root folder of all run directories")
+    log_interval: int = param("Write a metrics row every this many iterations", min=1)
+    checkpoint_steps: int = param("Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
+    torch_threads: int = param("torch intra-op threads (0: torch's default)", min=0)
+    progress: bool = param("Show a progress bar")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def env_seed(seed: int) -> int:
+    """Environments get a seed derived from the run's, so seeds s and s+1 share no env streams."""
+    return int(np.random.SeedSequence(seed).generate_state(1)[0] % (2**31 - 2**16))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGUSR1 / SIGINT into a flag checked between iterations."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopSignal":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Runs an agent to its budget inside a run directory."""
+
+    def __init__(self, run_dir: Path, run_cfg: RunConfig, agent: Agent, envs: VecEnv,
+                 monitor: PlasticityMonitor, probe_size: int, meta: dict[str, Any]):
+        self.run_dir, self.cfg, self.agent, self.envs, self.monitor = run_dir, run_cfg, agent, envs, monitor
+        self.probe_size = probe_size
+        self.meta = meta
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.recent: deque[float] = deque(maxlen=100)
+        self.pending: list[Episode] = []
+        self.episodes_total = 0
+        self.elapsed = 0.0  # training seconds before this process (resumed runs)
+        self.logger: MetricsLogger | None = None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, periodic: bool) -> Path:
+        ckpt = {
+            "format": CHECKPOINT_FORMAT, "meta": self.meta,
+            "agent": self.agent.state_dict(), "envs": self.envs.get_state(),
+            "runner": {"recent": list(self.recent), "pending": self.pending, "episodes_total": self.episodes_total,
+                       "elapsed": self.elapsed + time.perf_counter() - self._t_start,
+                       "logged_rows": self.logger.rows if self.logger else 0},
+            "rng": rng_state(),
+        }
+        name = f"step_{self.agent.env_steps:012d}.pt" if periodic else ".pending.pt"
+        path = self.ckpt_dir / name
+        atomic_torch_save(ckpt, path)
+        link_or_copy(path, self.ckpt_dir / "latest.pt")
+        if not periodic:
+            path.unlink()
+        return self.ckpt_dir / "latest.pt"
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.agent.load_state_dict(ckpt["agent"])
+        if self.envs.can_save_state and ckpt["envs"].get("backend") != "envpool":
+            self.envs.set_state(ckpt["envs"])
+        else:
+            self.agent.restart_episodes(self.envs.reset())
+        runner = ckpt["runner"]
+        self.recent.extend(runner["recent"])
+        self.pending = list(runner["pending"])
+        self.episodes_total = runner["episodes_total"]
+        self.elapsed = runner["elapsed"]
+        set_rng_state(ckpt["rng"])
+        probe = self.run_dir / "probe.pt"
+        if probe.exists():
+            self.monitor.probe = torch.load(probe, map_location=self.agent.device)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def episode_metrics(self) -> dict[str, float]:
+        if not self.pending:
+            return {}
+        out = {"charts/episodic_return": float(np.mean([e.ret for e in self.pending])),
+               "charts/episodic_length": float(np.mean([e.length for e in self.pending]))}
+        self.pending = []
+        return out
+
+    def run(self, logged_rows: int | None) -> int:
+        cfg, agent = self.cfg, self.agent
+        self._t_start = time.perf_counter()
+        self.logger = MetricsLogger(self.run_dir, keep_rows=logged_rows)
+        status, reason = "completed", ""
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps), unit="step",
+                   unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        if agent.env_steps == 0:
+            self.save_checkpoint(periodic=True)  # the initial networks, for probes over training
+        last_saved = agent.env_steps
+        try:
+            with StopSignal() as stop:
+                while agent.env_steps < cfg.total_steps and not stop.received:
+                    it = agent.iteration
+                    diagnose = self.monitor.due(it)
+                    self.monitor.track_updates(diagnose)
+                    t0, steps0 = time.perf_counter(), agent.env_steps
+                    metrics, episodes = agent.iterate(diagnose)
+                    batch = agent.env_steps - steps0
+                    if self.monitor.probe is None and self.monitor.cfg.enabled:
+                        self.monitor.probe = agent.probe_batch(self.probe_size)
+                        atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
+                    if diagnose:
+                        metrics.update(self.monitor.collect())
+                    self.pending.extend(episodes)
+                    self.recent.extend(e.ret for e in episodes)
+                    self.episodes_total += len(episodes)
+                    sps = batch / max(time.perf_counter() - t0, 1e-9)
+                    if it % cfg.log_interval == 0 or diagnose or agent.env_steps >= cfg.total_steps:
+                        metrics.update(self.episode_metrics())
+                        metrics.update({"charts/iteration": it + 1, "charts/frames": agent.env_steps * self.envs.frame_skip,
+                                        "charts/episodes": self.episodes_total, "charts/sps": sps})
+                        self.logger.log(agent.env_steps, metrics)
+                    bar.update(batch)
+                    if self.recent:
+                        bar.set_postfix(ret=f"{np.mean(self.recent):.3g}", refresh=False)
+                    if agent.env_steps // cfg.checkpoint_steps > last_saved // cfg.checkpoint_steps:
+                        self.save_checkpoint(periodic=True)
+                        last_saved = agent.env_steps
+                if stop.received:
+                    status, reason = "interrupted", f"received {stop.received}"
+                    self.save_checkpoint(periodic=False)
+                elif last_saved != agent.env_steps:
+                    self.save_checkpoint(periodic=True)
+        except NonFiniteLossError as exc:
+            status, reason = "failed", f"{exc} at step {agent.env_steps}; the last good checkpoint is kept"
+        finally:
+            bar.close()
+            self.logger.close()
+        self.write_summary(status, reason)
+        if status == "failed":
+            print(f"error: {reason} ({self.ckpt_dir / 'latest.pt'})", file=sys.stderr)
+            return 2
+        if status == "interrupted":
+            print(f"{reason}: checkpoint saved at step {agent.env_steps}; continue with --resume {self.run_dir}",
+                  file=sys.stderr)
+        return 0
+
+    def write_summary(self, status: str, reason: str) -> None:
+        wall = self.elapsed + time.perf_counter() - self._t_start
+        metrics = read_metrics(self.run_dir / "metrics.csv") if (self.run_dir / "metrics.csv").exists() else {}
+        summary = {
+            "status": status, "reason": reason, **self.meta,
+            "env_steps": self.agent.env_steps, "frames": self.agent.env_steps * self.envs.frame_skip,
+            "iterations": self.agent.iteration, "episodes": self.episodes_total,
+            "return_mean_last100": float(np.mean(self.recent)) if self.recent else None,
+            "wall_time_s": round(wall, 1), "steps_per_s": round(self.agent.env_steps / wall, 1) if wall > 0 else None,
+            "machine": machine_description(self.agent.device),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if "trust_region/excess_ratio" in metrics:
+            tail = excess_ratio_tail(metrics["step"], metrics["trust_region/excess_ratio"], self.cfg.total_steps)
+            summary["excess_ratio_last5pct"] = None if math.isnan(tail) else tail
+        atomic_write_json(self.run_dir / "summary.json", summary)

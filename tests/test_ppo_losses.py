@@ -1,0 +1,138 @@
+"""PPO / PFO losses, GAE and trust-region diagnostics against hand-computed cases."""
+import math
+
+import pytest
+import torch
+
+from agents.networks import forward_with_preactivations, nature_cnn
+from agents.ppo import (categorical_entropy, clipped_surrogate_loss, gae, masked_mean, normalize_advantages,
+                        pfo_loss)
+from plasticity.policy import (categorical_kl, clip_fraction, excess_ratio_tail, kl_k1, kl_k3,
+                               trust_region_ratios)
+
+
+def test_gae_single_env_hand_computed():
+    g, lam = 0.9, 0.5
+    rewards = torch.tensor([[1.0], [0.0], [2.0]])
+    values = torch.tensor([[0.5], [1.0], [1.5], [2.0]])  # V(s0..s3), s3 = obs after the last step
+    none = torch.zeros(3, 1, dtype=torch.bool)
+    d2 = 2.0 + g * 2.0 - 1.5
+    d1 = 0.0 + g * 1.5 - 1.0
+    d0 = 1.0 + g * 1.0 - 0.5
+    a2 = d2
+    a1 = d1 + g * lam * a2
+    a0 = d0 + g * lam * a1
+    adv = gae(rewards, values, none, none, g, lam)
+    assert adv[:, 0].tolist() == pytest.approx([a0, a1, a2])
+
+
+def test_gae_stops_at_termination_and_bootstraps_truncation():
+    g, lam = 0.9, 0.5
+    rewards = torch.tensor([[1.0], [1.0], [1.0]])
+    values = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    terminated = torch.tensor([[False], [True], [False]])
+    dones = terminated.clone()
+    adv = gae(rewards, values, terminated, dones, g, lam)
+    a2 = 1.0 + g * 4.0 - 3.0
+    a1 = 1.0 - 2.0  # terminal: no bootstrap, no carry
+    a0 = (1.0 + g * 2.0 - 1.0) + g * lam * a1
+    assert adv[:, 0].tolist() == pytest.approx([a0, a1, a2])
+
+    truncated_dones = torch.tensor([[False], [True], [False]])
+    no_term = torch.zeros(3, 1, dtype=torch.bool)
+    adv = gae(rewards, values, no_term, truncated_dones, g, lam, bootstrap_truncated=True)
+    a1 = 1.0 + g * 3.0 - 2.0  # bootstraps from V(last observation of the episode), no carry
+    assert adv[1, 0].item() == pytest.approx(a1)
+    assert adv[0, 0].item() == pytest.approx((1.0 + g * 2.0 - 1.0) + g * lam * a1)
+    adv = gae(rewards, values, no_term, truncated_dones, g, lam, bootstrap_truncated=False)
+    assert adv[1, 0].item() == pytest.approx(1.0 - 2.0)
+
+
+def test_clipped_surrogate_hand_computed():
+    log_ratio = torch.log(torch.tensor([1.5, 0.5, 1.05]))
+    adv = torch.tensor([1.0, 1.0, -2.0])
+    w = torch.ones(3)
+    # min(r A, clip(r) A): 1.2 (clipped), 0.5 (unclipped is smaller), -2.1 (r A smaller)
+    expected = -(1.2 + 0.5 - 2.1) / 3
+    assert clipped_surrogate_loss(log_ratio, adv, 0.2, w).item() == pytest.approx(expected)
+    assert clip_fraction(log_ratio.exp(), adv, 0.2) == pytest.approx(1 / 3)
+    # a masked sample does not count
+    w = torch.tensor([1.0, 1.0, 0.0])
+    assert clipped_surrogate_loss(log_ratio, adv, 0.2, w).item() == pytest.approx(-(1.2 + 0.5) / 2)
+
+
+def test_normalize_advantages_over_valid_samples_only():
+    adv = torch.tensor([1.0, 3.0, 100.0])
+    out = normalize_advantages(adv, torch.tensor([1.0, 1.0, 0.0]))
+    assert out[:2].tolist() == pytest.approx([-1.0, 1.0])  # mean 2, biased std 1
+    assert masked_mean(torch.tensor([2.0, 4.0, 9.0]), torch.tensor([1.0, 1.0, 0.0])).item() == pytest.approx(3.0)
+
+
+def test_pfo_loss_is_per_sample_mean_over_features():
+    phi = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    old = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    # sample 0: (1 + 4) / 2 = 2.5; sample 1: (1 + 1) / 2 = 1
+    assert pfo_loss(phi, old, torch.ones(2)).item() == pytest.approx(1.75)
+
+
+def test_pfo_loss_and_its_gradient_vanish_at_the_rollout_parameters():
+    torch.manual_seed(0)
+    net = nature_cnn((4, 84, 84), 6)
+    body = net[:-1]
+    obs = torch.randint(0, 255, (8, 4, 84, 84), dtype=torch.uint8)
+    for all_layers in (False, True):
+        with torch.no_grad():
+            _, phi_old = forward_with_preactivations(body, obs, all_layers)
+        _, phi = forward_with_preactivations(body, obs, all_layers)
+        loss = pfo_loss(phi, phi_old, torch.ones(8))
+        net.zero_grad()
+        loss.backward()
+        assert loss.item() == 0.0
+        assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in net.parameters())
+    # and a moved network has a positive PFO loss
+    with torch.no_grad():
+        net.fc.weight.add_(0.01)
+    _, phi = forward_with_preactivations(body, obs, False)
+    assert pfo_loss(phi, phi_old[:, -512:], torch.ones(8)).item() > 0
+
+
+def test_penultimate_features_are_the_fc_pre_activations():
+    torch.manual_seed(0)
+    net = nature_cnn((4, 84, 84), 6)
+    obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    out, phi = forward_with_preactivations(net, obs, all_layers=False)
+    trunk = net[:net_index(net, "fc") + 1]
+    assert torch.allclose(phi, trunk(obs))
+    assert torch.allclose(out, net(obs))
+    _, phi_all = forward_with_preactivations(net, obs, all_layers=True)
+    assert phi_all.shape[1] == 32 * 20 * 20 + 64 * 9 * 9 + 64 * 7 * 7 + 512  # 21,632 as in the PFO code
+
+
+def net_index(net, name):
+    return [n for n, _ in net.named_children()].index(name)
+
+
+def test_entropy_and_kl_estimators():
+    logits = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    assert categorical_entropy(logits).tolist() == pytest.approx(
+        [math.log(2), -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))], rel=1e-5)
+    old = torch.log(torch.tensor([[0.5, 0.5]]))
+    new = torch.log(torch.tensor([[0.9, 0.1]]))
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert categorical_kl(old, new).item() == pytest.approx(expected, rel=1e-5)
+    log_ratio = torch.log(torch.tensor([2.0, 0.5]))
+    assert kl_k1(log_ratio) == pytest.approx(0.0, abs=1e-7)
+    assert kl_k3(log_ratio) == pytest.approx(((1 - math.log(2)) + (-0.5 + math.log(2))) / 2, rel=1e-6)
+
+
+def test_trust_region_ratios_and_excess_ratio():
+    ratio = torch.tensor([1.5, 1.3, 1.0, 0.5, 0.8])
+    out = trust_region_ratios(ratio, eps=0.1)
+    assert out["ratio_above_mean"] == pytest.approx(1.4)
+    assert out["ratio_below_mean"] == pytest.approx(0.65)
+    assert out["excess_ratio"] == pytest.approx(1.4 / 0.65)
+    assert out["frac_above"] == pytest.approx(0.4) and out["frac_below"] == pytest.approx(0.4)
+    assert "excess_ratio" not in trust_region_ratios(torch.tensor([1.0, 1.5]), 0.1)
+    # the last 5% of a 100-step run: steps >= 95
+    assert excess_ratio_tail([10, 94, 95, 100], [9.0, 9.0, 2.0, 4.0], 100) == pytest.approx(3.0)
+    assert math.isnan(excess_ratio_tail([10], [1.0], 100))
