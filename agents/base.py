@@ -12,7 +12,7 @@ from envs import Episode, VecEnv
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """A loss or network output became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 class Agent(ABC):
@@ -64,5 +64,7 @@ class Agent(ABC):
 
 
 def check_finite(name: str, value: Tensor) -> None:
+    """Raise NonFiniteLossError if ``value`` holds a NaN or an infinity."""
     if not bool(torch.isfinite(value).all()):
-        raise NonFiniteLossError(f"the {name} loss became {float(value.detach().flatten()[0])}")
+        bad = value.detach().flatten()[~torch.isfinite(value.detach().flatten())][0]
+        raise NonFiniteLossError(f"the {name} became non-finite ({float(bad)})")

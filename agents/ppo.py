@@ -220,6 +220,7 @@ class PPO(Agent):
             self.obs[t] = self.next_obs
             self.valid[t] = ~self.prev_done
             logits, phi = self._policy(self.next_obs)
+            check_finite("policy output", logits)
             action = torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
             self.actions[t] = action
             self.logprobs[t] = F.log_softmax(logits, -1).gather(1, action[:, None]).squeeze(1)
@@ -269,7 +270,7 @@ class PPO(Agent):
                 loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
                 if cfg.pfo_coef > 0:
                     loss = loss + cfg.pfo_coef * feature_loss
-                check_finite("PPO total", loss)
+                check_finite("PPO loss", loss)
 
                 for opt in self._optimizers:
                     opt.zero_grad(set_to_none=True)

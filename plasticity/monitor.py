@@ -55,13 +55,14 @@ class PlasticityMonitor:
         self._layers = {(net, layer): params for net, module in networks.items()
                         for layer, params in parameterised_layers(module).items()}
         owner = {id(p): key for key, params in self._layers.items() for p in params}
-        # optimiser and param group of each layer, for the learning rate in the ELR
-        self._group: dict[tuple[str, str], tuple[torch.optim.Optimizer, dict]] = {}
+        # optimiser and param-group index of each layer, for the learning rate in the ELR (by index:
+        # an optimiser's load_state_dict replaces its group dicts)
+        self._group: dict[tuple[str, str], tuple[torch.optim.Optimizer, int]] = {}
         for opt in optimizers:
-            for group in opt.param_groups:
+            for index, group in enumerate(opt.param_groups):
                 for p in group["params"]:
                     if id(p) in owner:
-                        self._group.setdefault(owner[id(p)], (opt, group))
+                        self._group.setdefault(owner[id(p)], (opt, index))
         self._tracking = False
         self._before: dict[tuple[str, str], list[Tensor]] = {}
         self._sums: dict[str, float] = defaultdict(float)
@@ -141,9 +142,9 @@ class PlasticityMonitor:
             norm = M.tensor_norm(params)
             out[f"plasticity/weight_norm/{net}/{layer}"] = norm
             if (net, layer) in self._group:
-                opt, group = self._group[(net, layer)]
+                opt, index = self._group[(net, layer)]
                 out[f"plasticity/elr/{net}/{layer}"] = M.effective_lr(
-                    float(group["lr"]), norm, isinstance(opt, ADAPTIVE_OPTIMISERS))
+                    float(opt.param_groups[index]["lr"]), norm, isinstance(opt, ADAPTIVE_OPTIMISERS))
         for net, module in self.networks.items():
             out[f"plasticity/weight_norm/{net}/all"] = M.tensor_norm(list(module.parameters()))
         return out

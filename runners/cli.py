@@ -221,13 +221,12 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     from envs import make_vec_env
     from plasticity.monitor import PlasticityMonitor
     from runners.storage import atomic_write_json, atomic_write_text
-    from runners.train import Trainer, env_seed, resolve_device, seed_everything
+    from runners.train import DEFAULT_TORCH_THREADS, Trainer, env_seed, resolve_device, seed_everything
 
     run = sections["run"]
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device=cuda but torch sees no CUDA device; use --device=cpu or auto")
-    if run.torch_threads:
-        torch.set_num_threads(run.torch_threads)
+    torch.set_num_threads(run.torch_threads or DEFAULT_TORCH_THREADS)
     device = resolve_device(run.device)
     seed_everything(run.seed)
     envs = make_vec_env(suite, sections["env"], env_seed(run.seed))
@@ -238,8 +237,9 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     config_text = dump_yaml(sections, sources)
     if ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=False)
-        atomic_write_text(run_dir / "config.yaml", config_text)
         atomic_write_json(run_dir / "run.json", meta)
+    if config_text != (run_dir / "config.yaml").read_text() if ckpt else True:
+        atomic_write_text(run_dir / "config.yaml", config_text)  # new, or a resume that raised the budget
     print(f"run directory: {run_dir}", file=sys.stderr)
     trainer = Trainer(run_dir, run, agent, envs, monitor, diag.probe_size, meta)
     if ckpt is not None:

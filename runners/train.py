@@ -41,6 +41,10 @@ from runners.storage import (CHECKPOINT_FORMAT, MetricsLogger, atomic_torch_save
                              link_or_copy, read_metrics)
 
 
+#: torch's own choice of intra-op threads, kept so that run.torch_threads=0 restores it in-process
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
+
 @dataclass
 class RunConfig:
     """Budget, seed, device and bookkeeping of one run."""
