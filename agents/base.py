@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from envs import Episode, VecEnv
+from plasticity.interventions import Interventions
 
 
 class NonFiniteLossError(RuntimeError):
@@ -25,9 +26,15 @@ class Agent(ABC):
 
     section: str
     config_class: type
+    #: agent steps (summed over environments) that one iteration collects
+    steps_per_iteration: int
 
-    def __init__(self, cfg: Any, envs: VecEnv, device: torch.device, total_steps: int, seed: int):
+    def __init__(self, cfg: Any, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
+                 interventions: Interventions):
+        """Networks must go through ``interventions.prepare`` before their optimisers are built, and
+        ``interventions.attach`` must see the finished networks and optimisers."""
         self.cfg = cfg
+        self.interventions = interventions
         self.envs = envs
         self.device = device
         self.total_steps = total_steps
@@ -57,6 +64,10 @@ class Agent(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def diagnostic_loss(self) -> Tensor:
+        """The agent's training loss on recent data, with a graph (for Hessian diagnostics)."""
+        raise NotImplementedError(f"{type(self).__name__} provides no diagnostic loss")
 
     @abstractmethod
     def restart_episodes(self, obs: np.ndarray) -> None:

@@ -17,18 +17,21 @@ from plasticity.hooks import ACTIVATION_KINDS
 
 
 class Scale(nn.Module):
-    """Casts observations to float and multiplies by a constant (1/255 for pixels)."""
+    """Casts observations to float and multiplies by a constant (1/255 for pixels).
+
+    Under autocast the output is already in the autocast dtype (bf16 holds 0..255 exactly),
+    which saves the convolution a cast of its input.
+    """
 
     def __init__(self, factor: float):
         super().__init__()
         self.factor = factor
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.factor == 1.0:
-            return x.float()
-        if not x.is_floating_point():
-            return x * self.factor  # one kernel: integer * float promotes to float32
-        return x.float() * self.factor
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+        x = x.to(dtype)
+        return x * self.factor if self.factor != 1.0 else x
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from agents.base import Agent, check_finite
 from agents.networks import build_network, forward_with_preactivations, orthogonal_init
 from configs import ConfigError, param
 from envs import Episode, VecEnv
+from plasticity.interventions import Interventions
 from plasticity.policy import categorical_kl, clip_fraction, trust_region_ratios
 
 
@@ -134,35 +135,51 @@ def categorical_entropy(logits: Tensor) -> Tensor:
 # The agent
 # ---------------------------------------------------------------------------------------
 
+class PPOBatch(NamedTuple):
+    """One rollout flattened to (B, ...) with its advantage estimates."""
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    features: Tensor  # phi_old, the PFO targets
+    advantages: Tensor
+    returns: Tensor
+    values: Tensor
+    valid: Tensor  # 0 for the reset transitions of next-step autoreset
+
+
 class PPO(Agent):
     section = "ppo"
     config_class = PPOConfig
 
-    def __init__(self, cfg: PPOConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int):
-        super().__init__(cfg, envs, device, total_steps, seed)
+    def __init__(self, cfg: PPOConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
+                 interventions: Interventions):
+        super().__init__(cfg, envs, device, total_steps, seed, interventions)
         obs_space = envs.single_observation_space
         n_actions = int(envs.single_action_space.n)
         self.num_envs, self.num_steps = envs.num_envs, cfg.num_steps
-        self.batch_size = self.num_envs * self.num_steps
+        self.batch_size = self.steps_per_iteration = self.num_envs * self.num_steps
         if cfg.minibatch_size > self.batch_size:
             raise ConfigError(f"ppo.minibatch_size={cfg.minibatch_size} exceeds the batch "
                               f"env.num_envs * ppo.num_steps = {self.batch_size}")
         self.num_iterations = max(1, math.ceil(total_steps / self.batch_size))
 
         self.actor = build_network(cfg.network, obs_space.shape, n_actions, cfg.hidden, cfg.activation)
-        if cfg.shared_trunk:
-            body = list(self.actor.named_children())[:-1]
-            self.critic = nn.Sequential(OrderedDict(body + [("head", nn.Linear(cfg.hidden, 1))]))
-        else:
-            self.critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
+        critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
         if cfg.init == "orthogonal":
             orthogonal_init(self.actor, 0.01)
-            orthogonal_init(self.critic, 1.0)
+            orthogonal_init(critic, 1.0)
+        self.actor = interventions.prepare(self.actor)
+        if cfg.shared_trunk:
+            body = list(self.actor.named_children())[:-1]
+            self.critic = nn.Sequential(OrderedDict(body + [("head", critic.head)]))
+        else:
+            self.critic = interventions.prepare(critic)
         self.channels_last = cfg.channels_last and len(obs_space.shape) == 3
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.actor.to(device, memory_format=fmt)
         self.critic.to(device, memory_format=fmt)
-        self._actor_body = self.actor[:-1]
+        # the update scales each minibatch once and feeds both networks (their Scale modules are equal)
+        self._actor_trunk, self._critic_tail = self.actor[1:-1], self.critic[1:]
 
         adam = dict(lr=cfg.lr, eps=cfg.adam_eps, betas=cfg.adam_betas, fused=True)
         if cfg.shared_trunk:
@@ -174,13 +191,20 @@ class PPO(Agent):
                                 torch.optim.Adam(self.critic.parameters(), **adam)]
             self._clip_groups = {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters())}
 
+        interventions.batch_fn = lambda: self.obs.reshape(self.batch_size, *obs_space.shape)[:cfg.minibatch_size]
+        interventions.attach(self.networks(), self._optimizers)
+
         self.gen = torch.Generator(device=device).manual_seed(seed)
         T, N = self.num_steps, self.num_envs
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
         with torch.no_grad():
             probe = torch.zeros((1, *obs_space.shape), dtype=obs_dtype, device=device)
-            feat_dim = self._policy(probe)[1].shape[1]
-        self.obs = torch.zeros((T, N, *obs_space.shape), dtype=obs_dtype, device=device)
+            feat_dim = self._policy(self._scaled(probe))[1].shape[1]
+        if self.channels_last:  # (T, N, C, H, W) viewed over NHWC memory: minibatches come out channels-last
+            c, h, w = obs_space.shape
+            self.obs = torch.zeros((T, N, h, w, c), dtype=obs_dtype, device=device).permute(0, 1, 4, 2, 3)
+        else:
+            self.obs = torch.zeros((T, N, *obs_space.shape), dtype=obs_dtype, device=device)
         self.actions = torch.zeros((T, N), dtype=torch.long, device=device)
         self.logprobs = torch.zeros((T, N), device=device)
         self.logits = torch.zeros((T, N, n_actions), device=device)
@@ -198,19 +222,23 @@ class PPO(Agent):
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
-    def _policy(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, phi): phi = penultimate pre-activations (or all layers', concatenated)."""
+    def _scaled(self, obs: Tensor) -> Tensor:
         with self._autocast():
-            hidden, phi = forward_with_preactivations(self._actor_body, self._input(obs), self.cfg.pfo_all_layers)
+            return self.actor.scale(self._input(obs))
+
+    def _policy(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, phi) from scaled observations; phi = penultimate pre-activations (or all layers')."""
+        with self._autocast():
+            hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
             logits = self.actor.head(hidden)
         return logits.float(), phi.float()
 
-    def _value(self, obs: Tensor) -> Tensor:
+    def _value(self, x: Tensor) -> Tensor:
         with self._autocast():
-            return self.critic(self._input(obs)).squeeze(-1).float()
+            return self._critic_tail(x).squeeze(-1).float()
 
     def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:
-        return torch.cat([self._value(obs[i:i + chunk]) for i in range(0, obs.shape[0], chunk)])
+        return torch.cat([self._value(self._scaled(obs[i:i + chunk])) for i in range(0, obs.shape[0], chunk)])
 
     # -- 1. collect --------------------------------------------------------------------------
     @torch.no_grad()
@@ -219,7 +247,7 @@ class PPO(Agent):
         for t in range(self.num_steps):
             self.obs[t] = self.next_obs
             self.valid[t] = ~self.prev_done
-            logits, phi = self._policy(self.next_obs)
+            logits, phi = self._policy(self._scaled(self.next_obs))
             check_finite("policy output", logits)
             action = torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
             self.actions[t] = action
@@ -238,55 +266,61 @@ class PPO(Agent):
         return episodes
 
     # -- 2.-4. learn -------------------------------------------------------------------------
-    def update(self, diagnose: bool) -> dict[str, float]:
-        cfg, B, M = self.cfg, self.batch_size, self.cfg.minibatch_size
+    def _prepare_batch(self) -> "PPOBatch":
+        """Values, GAE advantages and returns for the rollout, flattened to (B, ...)."""
+        cfg, B = self.cfg, self.batch_size
         obs = self.obs.reshape(B, *self.obs.shape[2:])
         with torch.no_grad():
             values = self._values_chunked(torch.cat([obs, self.next_obs])).reshape(self.num_steps + 1, self.num_envs)
             adv = gae(self.rewards, values, self.terminated, self.dones, cfg.gamma, cfg.gae_lambda,
                       cfg.bootstrap_truncated)
             returns = (adv + values[:-1]).reshape(B)
-        adv, valid = adv.reshape(B), self.valid.reshape(B).float()
-        actions, old_logp = self.actions.reshape(B), self.logprobs.reshape(B)
-        old_phi = self.features.reshape(B, -1)
+        return PPOBatch(obs, self.actions.reshape(B), self.logprobs.reshape(B), self.features.reshape(B, -1),
+                        adv.reshape(B), returns, values[:-1].reshape(B), self.valid.reshape(B).float())
 
+    def _minibatch_loss(self, batch: "PPOBatch", idx: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """The PPO(+PFO) loss of one minibatch; returns (loss, its terms, log-ratios, advantages used)."""
+        cfg, w = self.cfg, batch.valid[idx]
+        x = self._scaled(batch.obs[idx])
+        logits, phi = self._policy(x)
+        log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[idx, None]).squeeze(1) - batch.logprobs[idx]
+        adv = normalize_advantages(batch.advantages[idx], w) if cfg.norm_adv else batch.advantages[idx]
+        policy_loss = clipped_surrogate_loss(log_ratio, adv, cfg.clip_eps, w)
+        entropy = masked_mean(categorical_entropy(logits), w)
+        value_loss = masked_mean((self._value(x) - batch.returns[idx]) ** 2, w)
+        feature_loss = pfo_loss(phi, batch.features[idx], w)
+        loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
+        if cfg.pfo_coef > 0:
+            loss = loss + cfg.pfo_coef * feature_loss
+        terms = {"losses/policy": policy_loss, "losses/value": value_loss, "losses/entropy": entropy,
+                 "losses/pfo": feature_loss}
+        return loss, terms, log_ratio, adv
+
+    def update(self, diagnose: bool) -> dict[str, float]:
+        cfg, B, M = self.cfg, self.batch_size, self.cfg.minibatch_size
+        batch = self._batch = self._prepare_batch()
         sums: dict[str, float] = {}
         steps = 0
         for _ in range(cfg.epochs):
             perm = torch.randperm(B, generator=self.gen, device=self.device)
             for start in range(0, B - M + 1, M):
                 idx = perm[start:start + M]
-                w = valid[idx]
-                mb_obs = self._input(obs[idx])
-                logits, phi = self._policy(mb_obs)
-                logp_all = F.log_softmax(logits, -1)
-                log_ratio = logp_all.gather(1, actions[idx, None]).squeeze(1) - old_logp[idx]
-                mb_adv = normalize_advantages(adv[idx], w) if cfg.norm_adv else adv[idx]
-                policy_loss = clipped_surrogate_loss(log_ratio, mb_adv, cfg.clip_eps, w)
-                entropy = masked_mean(categorical_entropy(logits), w)
-                value = self._value(mb_obs)
-                value_loss = masked_mean((value - returns[idx]) ** 2, w)
-                feature_loss = pfo_loss(phi, old_phi[idx], w)
-                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
-                if cfg.pfo_coef > 0:
-                    loss = loss + cfg.pfo_coef * feature_loss
+                loss, stats, log_ratio, adv = self._minibatch_loss(batch, idx)
                 check_finite("PPO loss", loss)
-
+                self.interventions.observe_loss(float(loss.detach()))
                 for opt in self._optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
-                stats = {"losses/policy": policy_loss, "losses/value": value_loss, "losses/entropy": entropy,
-                         "losses/pfo": feature_loss}
                 for name, params in self._clip_groups.items():
                     norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
                     stats[f"losses/grad_norm/{name}"] = norm
                 for opt in self._optimizers:
                     opt.step()
                 with torch.no_grad():
+                    keep = batch.valid[idx] > 0
                     ratio = log_ratio.exp()
-                    keep = w > 0
                     stats["losses/approx_kl"] = ((ratio - 1) - log_ratio)[keep].mean()
-                    stats["losses/clip_frac"] = clip_fraction(ratio[keep], mb_adv[keep], cfg.clip_eps)
+                    stats["losses/clip_frac"] = clip_fraction(ratio[keep], adv[keep], cfg.clip_eps)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
                 steps += 1
@@ -295,28 +329,32 @@ class PPO(Agent):
             for opt in self._optimizers:
                 opt.state.clear()
         with torch.no_grad():
-            v_pred, v_true = values[:-1].reshape(B)[valid > 0], returns[valid > 0]
+            keep = batch.valid > 0
+            v_pred, v_true = batch.values[keep], batch.returns[keep]
             var = v_true.var()
             metrics["losses/explained_variance"] = float(1 - (v_true - v_pred).var() / var) if var > 0 else math.nan
         if diagnose:
-            metrics.update(self.trust_region_metrics(obs, actions, old_logp, old_phi, valid > 0))
+            metrics.update(self.trust_region_metrics(batch))
         return metrics
 
+    def diagnostic_loss(self) -> Tensor:
+        return self._minibatch_loss(self._batch, torch.arange(self.cfg.minibatch_size, device=self.device))[0]
+
     @torch.no_grad()
-    def trust_region_metrics(self, obs: Tensor, actions: Tensor, old_logp: Tensor, old_phi: Tensor,
-                             keep: Tensor, chunk: int = 1024) -> dict[str, float]:
+    def trust_region_metrics(self, batch: "PPOBatch", chunk: int = 1024) -> dict[str, float]:
         """After the last epoch, on the whole batch: how far the policy moved (PFO's metrics)."""
-        outs = [self._policy(obs[i:i + chunk]) for i in range(0, obs.shape[0], chunk)]
+        keep = batch.valid > 0
+        outs = [self._policy(self._scaled(batch.obs[i:i + chunk])) for i in range(0, batch.obs.shape[0], chunk)]
         logits = torch.cat([o[0] for o in outs])[keep]
         phi = torch.cat([o[1] for o in outs])[keep]
-        log_ratio = F.log_softmax(logits, -1).gather(1, actions[keep, None]).squeeze(1) - old_logp[keep]
+        log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[keep, None]).squeeze(1) - batch.logprobs[keep]
         ratio = log_ratio.exp()
         out = {f"trust_region/{k}": v for k, v in trust_region_ratios(ratio, self.cfg.clip_eps).items()}
         old_logits = self.logits.reshape(-1, self.logits.shape[-1])[keep]
         out["trust_region/kl"] = float(categorical_kl(old_logits, logits).mean())
         out["trust_region/kl_k1"] = float((-log_ratio).mean())
         out["trust_region/kl_k3"] = float(((ratio - 1) - log_ratio).mean())
-        out["trust_region/feature_mse"] = float((phi - old_phi[keep]).pow(2).mean())
+        out["trust_region/feature_mse"] = float((phi - batch.features[keep]).pow(2).mean())
         return out
 
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:

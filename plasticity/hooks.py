@@ -4,7 +4,7 @@ Hooks sit on activation *modules* (``nn.ReLU``, ``nn.Tanh``, ...): a hook sees t
 module's input (the pre-activation) and output (the post-activation) at once. A layer is
 named after the parameterised module just before its activation in the parent container
 (``conv1``, ``fc``), which is what a reader expects to see in TensorBoard; otherwise after
-the activation module itself. Activations applied functionally (``F.relu`` inside
+the activation module itself; normalisation layers in between are skipped. Activations applied functionally (``F.relu`` inside
 ``forward``) are invisible to hooks: use modules in networks you want to monitor.
 """
 from __future__ import annotations
@@ -17,6 +17,10 @@ ACTIVATION_KINDS: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.ELU: "elu",
     nn.SiLU: "silu", nn.Mish: "mish", nn.Softplus: "softplus", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
 }
+
+
+#: normalisation layers: a layer name never comes from them (``fc`` -> ``norm_fc`` -> ReLU is still "fc")
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass
@@ -40,7 +44,7 @@ def activation_layers(model: nn.Module) -> list[ActivationLayer]:
             kind = ACTIVATION_KINDS.get(type(child))
             if kind is not None:
                 layers.append(ActivationLayer(previous or qualified, kind, child))
-            elif _has_own_params(child):
+            elif _has_own_params(child) and not isinstance(child, NORM_TYPES):
                 previous = qualified
     return layers
 

@@ -163,3 +163,52 @@ def effective_lr(lr: float, weight_norm: float, adaptive: bool) -> float:
     if weight_norm <= 0:
         return math.inf
     return lr / weight_norm if adaptive else lr / weight_norm ** 2
+
+
+# ---------------------------------------------------------------------------------------
+# Change over time (between two snapshots on the same probe batch)
+# ---------------------------------------------------------------------------------------
+
+def activation_pattern_change(pre_before: Tensor, pre_after: Tensor) -> float:
+    """Delta_A (Lyle et al. 2025, grokking paper): share of (sample, unit) ReLU on/off states that flipped."""
+    return float(((pre_before > 0) != (pre_after > 0)).float().mean())
+
+
+def feature_kernel(features: Tensor) -> Tensor:
+    """C = f f^T / ||f||_F^2 for an (n, d) feature matrix (flattened per sample): an (n, n) kernel."""
+    f = features.detach().reshape(features.shape[0], -1).to(torch.float64)
+    norm = f.pow(2).sum()
+    return f @ f.T / norm if norm > 0 else torch.zeros(f.shape[0], f.shape[0], dtype=torch.float64)
+
+
+def kernel_change(kernel_before: Tensor, kernel_after: Tensor) -> float:
+    """Delta_C (Lyle et al. 2025, Eq. 4): Frobenius norm of the change of the normalised feature kernel."""
+    return float((kernel_after - kernel_before).norm())
+
+
+def output_churn(before: Tensor, after: Tensor) -> float:
+    """Mean absolute change of a network's outputs on the probe batch (value churn)."""
+    return float((after.detach() - before.detach()).abs().mean())
+
+
+def greedy_churn(before: Tensor, after: Tensor) -> float:
+    """Share of probe inputs whose argmax output changed (policy churn, Schaul et al. 2022)."""
+    return float((before.argmax(-1) != after.argmax(-1)).float().mean())
+
+
+def hessian_top_eigenvalue(loss: Tensor, params: list[Tensor], iterations: int = 20,
+                           generator: torch.Generator | None = None) -> float:
+    """Largest-magnitude eigenvalue of the loss Hessian by power iteration on Hessian-vector products.
+
+    ``loss`` must be built with a graph through ``params``. Costs ``iterations`` double-backward passes.
+    """
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+    eig = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((x * x).sum() for x in v))
+        v = [x / norm for x in v]
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        eig = float(sum((h * x).sum() for h, x in zip(hv, v)))
+        v = [h.detach() for h in hv]
+    return eig

@@ -15,12 +15,16 @@ pre-activation feature norm, and every layer whose flattened features satisfy n 
 the ranks of :func:`plasticity.metrics.rank_metrics`. Every parameterised layer gets its
 weight norm and, averaged over the optimiser steps of the tracked iteration, its update
 norm, update-to-weight ratio and gradient norm (as the optimiser saw it, after clipping),
-plus the nominal effective learning rate.
+plus the nominal effective learning rate. Between two diagnostics steps: the change of
+each layer's ReLU activation pattern (Delta_A) and normalised feature kernel (Delta_C) on
+the first ``kernel_samples`` probe inputs, and each network's output churn. Optionally
+(``hessian``; costly) the top Hessian eigenvalue of a loss the agent provides.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -42,16 +46,22 @@ class DiagnosticsConfig:
     dormant_tau: float = param("tau of the tau-dormant ratio (Sokar et al. 2023)", min=0.0)
     srank_delta: float = param("delta of srank (Kumar et al. 2021)", min=0.0, max=1.0)
     tanh_dead_std: float = param("A tanh/sigmoid unit is dead when its std on the probe batch is below this", min=0.0)
+    kernel_samples: int = param("Probe inputs used for Delta_A / Delta_C (the kernel is samples x samples)", min=2)
+    hessian: bool = param("Also estimate the top Hessian eigenvalue of the agent's loss (costly)")
+    hessian_iterations: int = param("Power-iteration steps for the Hessian eigenvalue", min=1)
 
 
 class PlasticityMonitor:
     """Computes the diagnostics of :mod:`plasticity.metrics` for named networks."""
 
     def __init__(self, networks: dict[str, nn.Module], optimizers: list[torch.optim.Optimizer],
-                 cfg: DiagnosticsConfig, probe: Tensor | None = None):
+                 cfg: DiagnosticsConfig, probe: Tensor | None = None,
+                 loss_fn: Callable[[], Tensor] | None = None):
         self.networks = networks
         self.cfg = cfg
         self.probe = probe
+        self.loss_fn = loss_fn  # for the Hessian: a loss with a graph through the networks' parameters
+        self.previous: dict[str, Tensor] = {}  # last diagnostics step's patterns, kernels and outputs
         self._layers = {(net, layer): params for net, module in networks.items()
                         for layer, params in parameterised_layers(module).items()}
         owner = {id(p): key for key, params in self._layers.items() for p in params}
@@ -115,9 +125,14 @@ class PlasticityMonitor:
         if self.probe is None:
             return out
         cfg = self.cfg
+        current: dict[str, Tensor] = {}
+        k = cfg.kernel_samples
         for net_name, net in self.networks.items():
             with ActivationCapture(net) as cap:
-                net(self.probe)
+                output = net(self.probe)
+            if isinstance(output, tuple):
+                output = output[0]
+            current[f"output/{net_name}"] = output.detach().float()
             dead_units, total_units = 0, 0
             for layer, (kind, pre, post) in cap.records.items():
                 key = f"{net_name}/{layer}"
@@ -132,8 +147,35 @@ class PlasticityMonitor:
                 ranks = M.rank_metrics(post, cfg.srank_delta)
                 for name, value in (ranks or {}).items():
                     out[f"plasticity/{name}/{key}"] = float(value)
+                current[f"pattern/{key}"] = pre[:k] > 0
+                current[f"kernel/{key}"] = M.feature_kernel(post[:k]).float()
             if total_units:
                 out[f"plasticity/dead_frac/{net_name}/all"] = dead_units / total_units
+        for name, now in current.items():
+            before = self.previous.get(name)
+            if before is None or before.shape != now.shape:
+                continue
+            kind, key = name.split("/", 1)
+            if kind == "pattern":
+                out[f"plasticity/pattern_change/{key}"] = float((before != now).float().mean())
+            elif kind == "kernel":
+                out[f"plasticity/kernel_change/{key}"] = M.kernel_change(before, now)
+            else:
+                out[f"plasticity/churn/{key}"] = M.output_churn(before, now)
+                if now.shape[-1] > 1:
+                    out[f"plasticity/greedy_churn/{key}"] = M.greedy_churn(before, now)
+        self.previous = current
+        return out
+
+    def hessian_metrics(self) -> dict[str, float]:
+        if not (self.cfg.hessian and self.loss_fn is not None):
+            return {}
+        out = {}
+        for net_name, net in self.networks.items():
+            params = [p for p in net.parameters() if p.requires_grad]
+            eig = M.hessian_top_eigenvalue(self.loss_fn(), params, self.cfg.hessian_iterations,
+                                           torch.Generator().manual_seed(0))
+            out[f"plasticity/hessian_top/{net_name}"] = eig
         return out
 
     def weight_metrics(self) -> dict[str, float]:
@@ -153,8 +195,17 @@ class PlasticityMonitor:
         """All diagnostics now; resets the per-step accumulators and stops tracking."""
         out = self.activation_metrics()
         out.update(self.weight_metrics())
+        out.update(self.hessian_metrics())
         out.update({f"plasticity/{k}": v / self._counts[k] for k, v in self._sums.items()})
         self._sums.clear()
         self._counts.clear()
         self._tracking = False
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next diagnostics step compares against (Delta_A, Delta_C, churn)."""
+        return {"previous": {k: v.cpu() for k, v in self.previous.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.probe.device if self.probe is not None else "cpu"
+        self.previous = {k: v.to(device) for k, v in state["previous"].items()}

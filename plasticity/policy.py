@@ -63,11 +63,16 @@ def trust_region_ratios(ratio: Tensor, eps: float) -> dict[str, float]:
     return out
 
 
-def excess_ratio_tail(steps: list[float], values: list[float], total_steps: float, tail: float = 0.05) -> float:
-    """Mean of the logged excess ratios whose step lies in the last ``tail`` share of training.
+def excess_ratio_tail(steps: list[float], values: list[float], total_steps: float, tail: float = 0.05,
+                      min_points: int = 10) -> float:
+    """The PFO paper's summary: mean of the logged excess ratios in the last ``tail`` of training.
 
-    NaN where no logged value falls in that window.
+    As in the paper's plotting code, a window with fewer than ``min_points`` logged values is
+    widened backwards to the last ``min_points`` values. NaN where nothing was logged.
     """
+    logged = [(s, v) for s, v in zip(steps, values) if not math.isnan(v)]
     start = total_steps * (1 - tail)
-    window = [v for s, v in zip(steps, values) if s >= start and not math.isnan(v)]
+    window = [v for s, v in logged if s >= start]
+    if len(window) < min_points:
+        window = [v for _, v in logged[-min_points:]]
     return sum(window) / len(window) if window else math.nan

@@ -29,6 +29,7 @@ from agents import AGENTS, AgentSpec, get_agent
 from configs import (CONFIG_DIR, ConfigError, apply_overrides, build_section, describe, dump_yaml,
                      load_layers, parse_assignment)
 from envs import EnvConfig, canonical_id, list_envs
+from plasticity.interventions import InterventionConfig, parse_use
 from plasticity.monitor import DiagnosticsConfig
 from runners.train import RunConfig
 
@@ -39,7 +40,7 @@ RESUME_OVERRIDABLE = {"run.total_steps", "run.device", "run.progress", "run.torc
 
 
 def config_files(suite: str, spec: AgentSpec) -> list[Path]:
-    files = [CONFIG_DIR / f"{suite}.yaml", CONFIG_DIR / f"{spec.family}.yaml",
+    files = [CONFIG_DIR / f"{suite}.yaml", CONFIG_DIR / "interventions.yaml", CONFIG_DIR / f"{spec.family}.yaml",
              CONFIG_DIR / suite / f"{spec.family}.yaml"]
     if spec.variant:
         files.append(CONFIG_DIR / f"{spec.variant}.yaml")
@@ -48,7 +49,8 @@ def config_files(suite: str, spec: AgentSpec) -> list[Path]:
 
 def schema_for(spec: AgentSpec) -> dict[str, type]:
     cls = spec.load()
-    return {"run": RunConfig, "env": EnvConfig, cls.section: cls.config_class, "diagnostics": DiagnosticsConfig}
+    return {"run": RunConfig, "env": EnvConfig, cls.section: cls.config_class, "diagnostics": DiagnosticsConfig,
+            "interventions": InterventionConfig}
 
 
 def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
@@ -66,6 +68,9 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
     parser.add_argument("--experiment", help="shortcut for --set run.experiment=...")
     parser.add_argument("--run-name", help="shortcut for --set run.run_name=...")
     parser.add_argument("--results-dir", help="shortcut for --set run.results_dir=...")
+    parser.add_argument("--intervention", action="append", default=[], metavar="NAME[,NAME]",
+                        help="plasticity interventions to apply (repeatable): nap, layernorm_wd, rewarm, redo, "
+                             "shrink_perturb, soft_shrink_perturb, l2_init, reset")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="extra YAML config layered on the defaults (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -125,6 +130,8 @@ def shortcut_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     out = [(k, v) for k, v in pairs if v is not None]
     if args.no_progress:
         out.append(("run.progress", "false"))
+    if args.intervention:
+        out.append(("interventions.use", ",".join(args.intervention)))
     return out
 
 
@@ -136,6 +143,7 @@ def resolve(suite: str, spec: AgentSpec, files: list[Path], overrides: list[tupl
         sources[key] = "command line"
     sections = {name: build_section(cls, merged.get(name, {}), name) for name, cls in schema.items()}
     sections["env"].id = canonical_id(suite, sections["env"].id)
+    parse_use(sections["interventions"].use)
     return sections, sources
 
 
@@ -219,6 +227,7 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     import torch
 
     from envs import make_vec_env
+    from plasticity.interventions import Interventions
     from plasticity.monitor import PlasticityMonitor
     from runners.storage import atomic_write_json, atomic_write_text
     from runners.train import DEFAULT_TORCH_THREADS, Trainer, env_seed, resolve_device, seed_everything
@@ -231,15 +240,16 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     seed_everything(run.seed)
     envs = make_vec_env(suite, sections["env"], env_seed(run.seed))
     agent_cfg = sections[spec.load().section]
-    agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed)
+    agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed, Interventions(sections["interventions"]))
     diag = sections["diagnostics"]
-    monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag)
+    monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag, loss_fn=agent.diagnostic_loss)
     config_text = dump_yaml(sections, sources)
     if ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=False)
         atomic_write_json(run_dir / "run.json", meta)
-    if config_text != (run_dir / "config.yaml").read_text() if ckpt else True:
-        atomic_write_text(run_dir / "config.yaml", config_text)  # new, or a resume that raised the budget
+        atomic_write_text(run_dir / "config.yaml", config_text)
+    elif config_text != (run_dir / "config.yaml").read_text():
+        atomic_write_text(run_dir / "config.yaml", config_text)  # a resume that changed the budget or device
     print(f"run directory: {run_dir}", file=sys.stderr)
     trainer = Trainer(run_dir, run, agent, envs, monitor, diag.probe_size, meta)
     if ckpt is not None:

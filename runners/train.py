@@ -152,6 +152,7 @@ class Trainer:
         ckpt = {
             "format": CHECKPOINT_FORMAT, "meta": self.meta,
             "agent": self.agent.state_dict(), "envs": self.envs.get_state(),
+            "interventions": self.agent.interventions.state_dict(), "monitor": self.monitor.state_dict(),
             "runner": {"recent": list(self.recent), "pending": self.pending, "episodes_total": self.episodes_total,
                        "elapsed": self.elapsed + time.perf_counter() - self._t_start,
                        "logged_rows": self.logger.rows if self.logger else 0},
@@ -167,7 +168,8 @@ class Trainer:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.agent.load_state_dict(ckpt["agent"])
-        if self.envs.can_save_state and ckpt["envs"].get("backend") != "envpool":
+        self.agent.interventions.load_state_dict(ckpt["interventions"])
+        if self.envs.can_save_state:
             self.envs.set_state(ckpt["envs"])
         else:
             self.agent.restart_episodes(self.envs.reset())
@@ -180,6 +182,7 @@ class Trainer:
         probe = self.run_dir / "probe.pt"
         if probe.exists():
             self.monitor.probe = torch.load(probe, map_location=self.agent.device)
+        self.monitor.load_state_dict(ckpt["monitor"])
 
     # -- the loop ----------------------------------------------------------------------------
     def episode_metrics(self) -> dict[str, float]:
@@ -206,7 +209,8 @@ class Trainer:
             with StopSignal() as stop:
                 while agent.env_steps < cfg.total_steps and not stop.received:
                     it = agent.iteration
-                    diagnose = self.monitor.due(it)
+                    last = agent.env_steps + agent.steps_per_iteration >= cfg.total_steps
+                    diagnose = self.monitor.due(it) or (last and self.monitor.cfg.enabled)
                     self.monitor.track_updates(diagnose)
                     t0, steps0 = time.perf_counter(), agent.env_steps
                     metrics, episodes = agent.iterate(diagnose)
@@ -216,6 +220,7 @@ class Trainer:
                         atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
                     if diagnose:
                         metrics.update(self.monitor.collect())
+                    metrics.update(agent.interventions.metrics())
                     self.pending.extend(episodes)
                     self.recent.extend(e.ret for e in episodes)
                     self.episodes_total += len(episodes)

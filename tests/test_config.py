@@ -106,7 +106,7 @@ def test_variant_and_suite_layers():
     assert dataclasses.replace(pfo, pfo_coef=0.0) == ppo  # identical settings but the PFO term
     classic = resolve("classic", AGENTS["ppo_pfo"], config_files("classic", AGENTS["ppo_pfo"]), [])[0]
     assert classic["ppo"].network == "mlp" and classic["ppo"].pfo_coef == 1.0
-    assert set(schema_for(AGENTS["ppo"])) == {"run", "env", "ppo", "diagnostics"}
+    assert set(schema_for(AGENTS["ppo"])) == {"run", "env", "ppo", "diagnostics", "interventions"}
 
 
 def test_coerce_optional():

@@ -9,7 +9,7 @@ from plasticity.hooks import ActivationCapture, activation_layers, parameterised
 from plasticity.monitor import DiagnosticsConfig, PlasticityMonitor
 
 CFG = DiagnosticsConfig(enabled=True, interval=3, probe_size=8, dormant_tau=0.025, srank_delta=0.01,
-                        tanh_dead_std=1e-3)
+                        tanh_dead_std=1e-3, kernel_samples=8, hessian=False, hessian_iterations=20)
 
 
 def tiny_net():
@@ -92,3 +92,47 @@ def test_monitor_uses_adam_elr():
     out = PlasticityMonitor({"q": net}, [opt], CFG, probe=torch.randn(8, 2)).collect()
     w = torch.cat([p.flatten() for p in net.fc2.parameters()]).norm().item()
     assert out["plasticity/elr/q/fc2"] == pytest.approx(1e-3 / w)
+
+
+def test_change_over_time_and_churn_between_diagnostics_steps():
+    net = tiny_net()
+    probe = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0], [0.5, -1.0]])
+    mon = PlasticityMonitor({"q": net}, [], CFG, probe=probe)
+    first = mon.collect()
+    assert not any("change" in k or "churn" in k for k in first)  # nothing to compare with yet
+    assert mon.collect()["plasticity/pattern_change/q/fc1"] == 0.0  # nothing moved
+    with torch.no_grad():
+        net.fc1.weight[0, 0] = -1.0  # unit 0 now fires on negative x0 instead: flips on every sample
+        net.head.weight.fill_(1.0)
+    out = mon.collect()
+    assert out["plasticity/pattern_change/q/fc1"] == pytest.approx(4 / 12)  # 4 of 4 x 3 states
+    assert out["plasticity/kernel_change/q/fc1"] > 0
+    assert out["plasticity/churn/q"] > 0
+    state = mon.state_dict()
+    again = PlasticityMonitor({"q": net}, [], CFG, probe=probe)
+    again.load_state_dict(state)
+    assert again.collect()["plasticity/pattern_change/q/fc1"] == 0.0
+
+
+def test_kernel_change_hand_computed():
+    from plasticity import metrics as M
+    f1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    f2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    c1, c2 = M.feature_kernel(f1), M.feature_kernel(f2)
+    assert torch.allclose(c1, torch.eye(2, dtype=torch.float64) / 2)
+    assert torch.allclose(c2, torch.ones(2, 2, dtype=torch.float64) / 2)
+    assert M.kernel_change(c1, c2) == pytest.approx((2 * 0.25) ** 0.5)
+    assert M.activation_pattern_change(torch.tensor([1.0, -1.0]), torch.tensor([1.0, 1.0])) == 0.5
+    assert M.greedy_churn(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == 0.5
+
+
+def test_hessian_top_eigenvalue_of_a_quadratic():
+    from plasticity import metrics as M
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = 0.5 * (3.0 * w[0] ** 2 + 0.5 * w[1] ** 2)  # Hessian diag(3, 0.5)
+    assert M.hessian_top_eigenvalue(loss, [w], iterations=50) == pytest.approx(3.0, rel=1e-4)
+    cfg = DiagnosticsConfig(**{**CFG.__dict__, "hessian": True})
+    net = tiny_net()
+    x = torch.randn(8, 2)
+    mon = PlasticityMonitor({"q": net}, [], cfg, probe=x, loss_fn=lambda: net(x).pow(2).mean())
+    assert "plasticity/hessian_top/q" in mon.collect()

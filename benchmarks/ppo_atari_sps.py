@@ -1,0 +1,126 @@
+"""Training throughput of ppo_pfo on Atari, against the network-only compute ceiling measured in the same run.
+
+    python benchmarks/ppo_atari_sps.py                    # fp32 (the paper's numerics)
+    python benchmarks/ppo_atari_sps.py --precision fp32 bf16 --repeats 3
+
+Setting (the issue's): Breakout, envpool, 8 envs x 128 steps, 4 epochs, 4 minibatches of 256,
+plasticity diagnostics on at the default schedule. Each repeat alternates
+
+1. the compute ceiling: eager fp32 forward+backward of plain ``nn.Sequential`` Nature CNNs at
+   minibatch 256 (NCHW, float input), as throughput / epochs, for one CNN (the issue's
+   definition) and for the two CNNs PPO+PFO trains (separate actor and critic);
+2. a short training run through the real runner (``runners.atari``) per precision,
+
+so that machine noise hits every figure alike. Training steps/s is the median over the
+iterations after the first two (compilation of kernels, allocator warm-up) of
+``charts/sps`` (agent steps per second of collect + update + diagnostics).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.networks import nature_cnn  # noqa: E402
+from runners.cli import main as run_atari  # noqa: E402
+from runners.train import machine_description  # noqa: E402
+
+BATCH, EPOCHS = 256, 4
+
+
+def plain_nature_cnn(out: int) -> nn.Sequential:
+    """The reference network: same layers, no scaling module, default (NCHW) layout."""
+    net = nature_cnn((4, 84, 84), out)
+    return nn.Sequential(*list(net.children())[1:])
+
+
+def time_forward_backward(nets: list[nn.Module], repeats: int = 5) -> float:
+    """Median seconds of one forward+backward of every net in ``nets`` at minibatch 256."""
+    x = torch.rand(BATCH, 4, 84, 84)
+
+    def step():
+        loss = sum(net(x).sum() for net in nets)
+        loss.backward()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def training_sps(precision: str, iterations: int, root: Path, tag: str) -> tuple[float, float]:
+    """(median per-iteration steps/s, overall steps/s) of a short ppo_pfo run."""
+    name = f"{precision}-{tag}"
+    t0 = time.perf_counter()
+    rc = run_atari("atari", ["--agent", "ppo_pfo", "--env", "Breakout", "--total-steps", str(1024 * iterations),
+                             "--set", f"ppo.precision={precision}", "--results-dir", str(root), "--experiment", "bench",
+                             "--run-name", name, "--no-progress", "--set", "run.checkpoint_steps=100000000"])
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"benchmark run failed with status {rc}")
+    with (root / "bench" / name / "metrics.csv").open() as f:
+        sps = [float(r["charts/sps"]) for r in csv.DictReader(f)]
+    return statistics.median(sps[2:]), 1024 * iterations / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--iterations", type=int, default=12, help="PPO iterations (1024 steps) per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    one, two = [plain_nature_cnn(4)], [plain_nature_cnn(4), plain_nature_cnn(1)]
+    ceil_one, ceil_two = [], []
+    sps: dict[str, list[float]] = {p: [] for p in args.precision}
+    overall: dict[str, list[float]] = {p: [] for p in args.precision}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            ceil_one.append(BATCH / time_forward_backward(one) / EPOCHS)
+            ceil_two.append(BATCH / time_forward_backward(two) / EPOCHS)
+            for p in args.precision:
+                it_sps, all_sps = training_sps(p, args.iterations, Path(tmp), str(r))
+                sps[p].append(it_sps)
+                overall[p].append(all_sps)
+                print(f"repeat {r}: {p} {it_sps:.0f} steps/s (overall {all_sps:.0f}); ceilings "
+                      f"one CNN {ceil_one[-1]:.0f}, two CNNs {ceil_two[-1]:.0f}", file=sys.stderr)
+
+    m = machine_description(torch.device("cpu"))
+    c1, c2 = statistics.median(ceil_one), statistics.median(ceil_two)
+    print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+          f"Python {platform.python_version()}")
+    print(f"command: python benchmarks/ppo_atari_sps.py --precision {' '.join(args.precision)} "
+          f"--iterations {args.iterations} --repeats {args.repeats}\n")
+    print("| figure | median steps/s | runs |")
+    print("|---|---|---|")
+    print(f"| ceiling, one Nature CNN fwd+bwd @256 eager fp32 / {EPOCHS} epochs | {c1:.0f} | "
+          f"{', '.join(f'{v:.0f}' for v in ceil_one)} |")
+    print(f"| ceiling, actor + critic CNNs fwd+bwd @256 eager fp32 / {EPOCHS} epochs | {c2:.0f} | "
+          f"{', '.join(f'{v:.0f}' for v in ceil_two)} |")
+    for p in args.precision:
+        s = statistics.median(sps[p])
+        print(f"| ppo_pfo training, {p}, diagnostics on | {s:.0f} | {', '.join(f'{v:.0f}' for v in sps[p])} |")
+        print(f"| ppo_pfo training incl. start-up and logging, {p} | {statistics.median(overall[p]):.0f} | "
+              f"{', '.join(f'{v:.0f}' for v in overall[p])} |")
+    print()
+    for p in args.precision:
+        s = statistics.median(sps[p])
+        print(f"{p}: {s / c1:.2f} x the one-CNN ceiling, {s / c2:.2f} x the actor+critic ceiling")
+
+
+if __name__ == "__main__":
+    main()

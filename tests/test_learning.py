@@ -1,0 +1,50 @@
+"""Learning checks: the agents must actually learn (slow: minutes on 2 CPU cores; run in CI)."""
+import json
+
+import numpy as np
+import pytest
+
+from envs import EnvConfig, make_vec_env
+from runners.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def train(suite, args, tmp_path, name):
+    rc = main(suite, [*args, "--results-dir", str(tmp_path), "--experiment", "learn", "--run-name", name,
+                      "--no-progress", "--set", "diagnostics.enabled=false"])
+    assert rc == 0
+    return json.loads((tmp_path / "learn" / name / "summary.json").read_text())
+
+
+def random_policy_return(suite, env_id, episodes=100, seed=0):
+    cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
+                    sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
+                    max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+    env = make_vec_env(suite, cfg, seed)
+    env.reset()
+    rng = np.random.default_rng(seed)
+    returns = []
+    while len(returns) < episodes:
+        returns += [e.ret for e in env.step(rng.integers(0, env.single_action_space.n, 8)).episodes]
+    return float(np.mean(returns))
+
+
+def test_ppo_solves_cartpole_within_150k_steps_in_most_seeds(tmp_path):
+    """CartPole-v1 is solved at an average return of 475; we ask it of the last 100 episodes."""
+    finals = [train("classic", ["--agent", "ppo", "--seed", str(seed), "--total-steps", "150000"], tmp_path,
+                    f"s{seed}")["return_mean_last100"] for seed in (1, 2, 3)]
+    assert sum(r >= 475 for r in finals) >= 2, finals
+
+
+def test_ppo_learns_minatar_breakout_well_above_random(tmp_path):
+    random_return = random_policy_return("minatar", "Breakout")
+    summary = train("minatar", ["--agent", "ppo", "--seed", "1", "--total-steps", "100000"], tmp_path, "ppo")
+    learned = summary["return_mean_last100"]
+    assert learned >= max(3 * random_return, 1.5), (learned, random_return)
+
+
+def test_ppo_pfo_learns_minatar_breakout_well_above_random(tmp_path):
+    random_return = random_policy_return("minatar", "Breakout")
+    summary = train("minatar", ["--agent", "ppo_pfo", "--seed", "2", "--total-steps", "100000"], tmp_path, "pfo")
+    assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), (summary, random_return)
