@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from configs import ConfigError
 
 
+RL_SUITES = ("atari", "minatar", "classic")
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     name: str
     target: str  # "module:Class", imported on demand
-    family: str  # config section and configs/<family>.yaml
+    family: str  # configs/<family>.yaml holds the paper's defaults
     description: str
     variant: str | None = None  # configs/<variant>.yaml, applied after the family and suite files
+    suites: tuple[str, ...] = RL_SUITES
 
     def load(self) -> type:
         module, _, cls = self.target.partition(":")
@@ -32,10 +36,19 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               "PPO + Proximal Feature Optimization (Moalla et al. 2024), penultimate layer", variant="ppo_pfo"),
     AgentSpec("ppo_pfo_all", "agents.ppo:PPO", "ppo",
               "PPO + PFO on all layers' pre-activations (Moalla et al. 2024)", variant="ppo_pfo_all"),
+    AgentSpec("online", "agents.supervised:SupervisedLearner", "learner",
+              "supervised learner trained online across tasks (add --intervention ...)", suites=("supervised",)),
+    AgentSpec("hard_reset", "agents.supervised:SupervisedLearner", "learner",
+              "oracle: re-initialise model and optimiser at every task boundary", variant="hard_reset",
+              suites=("supervised",)),
 ]}
 
 
-def get_agent(name: str) -> AgentSpec:
-    if name not in AGENTS:
-        raise ConfigError(f"unknown agent '{name}'; valid agents: {', '.join(AGENTS)}")
+def agents_for(suite: str) -> list[str]:
+    return [name for name, spec in AGENTS.items() if suite in spec.suites]
+
+
+def get_agent(name: str, suite: str) -> AgentSpec:
+    if name not in AGENTS or suite not in AGENTS[name].suites:
+        raise ConfigError(f"unknown agent '{name}' for the {suite} suite; valid agents: {', '.join(agents_for(suite))}")
     return AGENTS[name]

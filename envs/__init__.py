@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from configs import ConfigError, param
 from envs.base import Episode, VecEnv, VecStep
 
-SUITES = ("atari", "minatar", "classic")
+SUITES = ("atari", "minatar", "classic", "supervised")
 
 
 @dataclass
@@ -54,6 +54,11 @@ def canonical_id(suite: str, env_id: str) -> str:
             if game.lower() == name.lower():
                 return game
         raise ConfigError(f"unknown MinAtar game '{env_id}'; valid games: {', '.join(MINATAR_GAMES)}")
+    if suite == "supervised":
+        from envs.supervised import STREAMS
+        if env_id in STREAMS:
+            return env_id
+        raise ConfigError(f"unknown task stream '{env_id}'; valid streams: {', '.join(STREAMS)}")
     if suite == "classic":
         from envs.gym_envs import CLASSIC_CONTROL
         for name in CLASSIC_CONTROL:
@@ -67,13 +72,22 @@ def list_envs(suite: str) -> list[str]:
     if suite == "atari":
         from envs.atari import atari_games
         return atari_games()
+    if suite == "supervised":
+        from envs.supervised import STREAMS
+        return list(STREAMS)
     from envs.gym_envs import CLASSIC_CONTROL, MINATAR_GAMES
     return list(MINATAR_GAMES if suite == "minatar" else CLASSIC_CONTROL)
 
 
-def make_vec_env(suite: str, cfg: EnvConfig, seed: int) -> VecEnv:
-    """Build the batched environment described by ``cfg``; env i is seeded with ``seed + i``."""
+def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
+    """Build the batched environment described by ``cfg``; env i is seeded with ``seed + i``.
+
+    For the ``supervised`` suite, ``cfg`` is a TaskStreamConfig and the result a TaskStream.
+    """
     env_id = canonical_id(suite, cfg.id)
+    if suite == "supervised":
+        from envs.supervised import TaskStream
+        return TaskStream(cfg, seed)
     if suite == "atari":
         from envs.atari import ALEAtari, EnvpoolAtari
         cfg.id = env_id

@@ -25,15 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents import AGENTS, AgentSpec, get_agent
+from agents import AGENTS, AgentSpec, agents_for, get_agent
 from configs import (CONFIG_DIR, ConfigError, apply_overrides, build_section, describe, dump_yaml,
                      load_layers, parse_assignment)
 from envs import EnvConfig, canonical_id, list_envs
+from envs.supervised import TaskStreamConfig
 from plasticity.interventions import InterventionConfig, parse_use
 from plasticity.monitor import DiagnosticsConfig
 from runners.train import RunConfig
 
-DEFAULT_AGENT = "ppo_pfo"
+DEFAULT_AGENT = {"atari": "ppo_pfo", "minatar": "ppo_pfo", "classic": "ppo_pfo", "supervised": "online"}
 RUN_FORMAT = 1
 #: fields that may change when a run is resumed
 RESUME_OVERRIDABLE = {"run.total_steps", "run.device", "run.progress", "run.torch_threads"}
@@ -47,9 +48,10 @@ def config_files(suite: str, spec: AgentSpec) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def schema_for(spec: AgentSpec) -> dict[str, type]:
+def schema_for(spec: AgentSpec, suite: str) -> dict[str, type]:
     cls = spec.load()
-    return {"run": RunConfig, "env": EnvConfig, cls.section: cls.config_class, "diagnostics": DiagnosticsConfig,
+    env = TaskStreamConfig if suite == "supervised" else EnvConfig
+    return {"run": RunConfig, "env": env, cls.section: cls.config_class, "diagnostics": DiagnosticsConfig,
             "interventions": InterventionConfig}
 
 
@@ -60,7 +62,8 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=help_epilog(suite, agent),
     )
-    parser.add_argument("--agent", default=DEFAULT_AGENT, help=f"agent name (default {DEFAULT_AGENT})")
+    parser.add_argument("--agent", "--learner", default=DEFAULT_AGENT[suite],
+                        help=f"agent (learner) name (default {DEFAULT_AGENT[suite]})")
     parser.add_argument("--env", help="game / environment id (shortcut for --set env.id=...)")
     parser.add_argument("--seed", help="shortcut for --set run.seed=...")
     parser.add_argument("--total-steps", help="shortcut for --set run.total_steps=... (agent steps)")
@@ -84,7 +87,7 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
 
 def help_epilog(suite: str, agent: str) -> str:
     lines = ["agents:"]
-    lines += [f"  {name:<10} {spec.description}" for name, spec in AGENTS.items()]
+    lines += [f"  {name:<12} {AGENTS[name].description}" for name in agents_for(suite)]
     try:
         envs = list_envs(suite)
     except Exception as exc:  # help must not fail because an optional package is missing
@@ -92,9 +95,9 @@ def help_epilog(suite: str, agent: str) -> str:
     lines += ["", f"environments ({suite}):"]
     lines += textwrap.wrap(", ".join(envs), 100, initial_indent="  ", subsequent_indent="  ")
     try:
-        spec = get_agent(agent)
+        spec = get_agent(agent, suite)
         merged, sources = load_layers(config_files(suite, spec))
-        docs = describe(schema_for(spec), merged, sources)
+        docs = describe(schema_for(spec, suite), merged, sources)
     except ConfigError as exc:
         return "\n".join(lines + ["", f"(fields unavailable: {exc})"])
     lines += ["", f"fields for --agent={agent} (override with --set KEY=VALUE; default, then [source]):"]
@@ -136,7 +139,7 @@ def shortcut_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def resolve(suite: str, spec: AgentSpec, files: list[Path], overrides: list[tuple[str, str]]):
-    schema = schema_for(spec)
+    schema = schema_for(spec, suite)
     merged, sources = load_layers(files)
     merged = apply_overrides(merged, overrides, schema)
     for key, _ in overrides:
@@ -167,7 +170,7 @@ def new_run_dir(suite: str, agent: str, run: RunConfig, env_id: str) -> Path:
 def main(suite: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--agent", default=DEFAULT_AGENT)
+    pre.add_argument("--agent", "--learner", default=DEFAULT_AGENT[suite])
     agent_name = pre.parse_known_args(argv)[0].agent
     parser = build_parser(suite, agent_name)
     args, extra = parser.parse_known_args(argv)
@@ -176,7 +179,7 @@ def main(suite: str, argv: list[str] | None = None) -> int:
         overrides += [parse_assignment(s) for s in args.set + split_dotted_flags(extra)]
         if args.resume:
             return resume(suite, Path(args.resume), overrides)
-        spec = get_agent(args.agent)
+        spec = get_agent(args.agent, suite)
         extra_files = [Path(f) for f in args.config]
         for f in extra_files:
             if not f.is_file():
@@ -212,7 +215,7 @@ def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]]) -> int:
     if bad:
         raise ConfigError(f"--resume keeps the run's config; '{bad[0]}' cannot change "
                           f"(allowed: {', '.join(sorted(RESUME_OVERRIDABLE))})")
-    spec = get_agent(meta["agent"])
+    spec = get_agent(meta["agent"], suite)
     sections, sources = resolve(suite, spec, [run_dir / "config.yaml"], overrides)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     if ckpt["agent"]["env_steps"] >= sections["run"].total_steps:

@@ -169,7 +169,8 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv,message", [
-    (["--agent", "nope"], "unknown agent 'nope'; valid agents: ppo, ppo_pfo"),
+    (["--agent", "nope"], "unknown agent 'nope' for the atari suite; valid agents: ppo, ppo_pfo"),
+    (["--agent", "online"], "unknown agent 'online' for the atari suite"),
     (["--env", "Pongg"], "unknown Atari game 'Pongg'; valid games:"),
     (["--set", "ppo.epoch=3"], "unknown field 'ppo.epoch'; valid fields of 'ppo':"),
     (["--set", "ppo.lr=-1"], "ppo.lr: -1.0 is out of range (must be > 0.0)"),

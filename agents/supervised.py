@@ -1,0 +1,139 @@
+"""A supervised learner on a non-stationary task stream (envs/supervised.py).
+
+One iteration is one task: ``steps_per_task`` minibatch steps (SGD or Adam) on the task's
+data, then the loss and accuracy on all of it. A falling per-task training accuracy over
+the stream is loss of plasticity. Variants: ``online`` (plain), ``hard_reset`` (an oracle
+that re-initialises the model and the optimiser state at every task boundary), and any
+``--intervention``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.base import Agent, check_finite
+from agents.networks import mlp
+from configs import param
+from envs.supervised import Task, TaskStream
+from plasticity.interventions import Interventions, fresh_copy
+
+
+@dataclass
+class SupervisedConfig:
+    """Model and optimiser of the supervised learner."""
+    model: str = param("mlp (fully connected) or cnn (two 3x3 convs + fc)", choices=("mlp", "cnn"))
+    hidden: int = param("Width of the hidden layers", min=1)
+    depth: int = param("Hidden layers of the mlp", min=1)
+    optimizer: str = param("sgd or adam", choices=("sgd", "adam"))
+    lr: float = param("Learning rate", min=0.0, min_exclusive=True)
+    momentum: float = param("SGD momentum", min=0.0, max=1.0)
+    batch_size: int = param("Minibatch size", min=1)
+    steps_per_task: int = param("Optimiser steps per task (one iteration)", min=1)
+    reset_at_task_start: bool = param("Oracle hard reset: re-initialise model and optimiser state at each new task")
+
+
+def small_cnn(input_shape: tuple[int, ...], out: int, hidden: int) -> nn.Sequential:
+    c, h, w = input_shape
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(c, 16, 3, padding=1)), ("act1", nn.ReLU()),
+        ("conv2", nn.Conv2d(16, 32, 3, padding=1)), ("act2", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(32 * h * w, hidden)), ("act_fc", nn.ReLU()),
+        ("head", nn.Linear(hidden, out)),
+    ]))
+
+
+def task_loss(kind: str, outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(outputs, targets) if kind == "classification" else F.mse_loss(outputs, targets)
+
+
+class SupervisedLearner(Agent):
+    section = "learner"
+    config_class = SupervisedConfig
+
+    def __init__(self, cfg: SupervisedConfig, envs: TaskStream, device: torch.device, total_steps: int, seed: int,
+                 interventions: Interventions):
+        super().__init__(cfg, envs, device, total_steps, seed, interventions)
+        self.steps_per_iteration = cfg.steps_per_task
+        shape = envs.input_shape
+        if cfg.model == "mlp":
+            net = mlp(shape, envs.num_outputs, cfg.hidden, "relu", cfg.depth)
+        else:
+            net = small_cnn(shape, envs.num_outputs, cfg.hidden)
+        self.model = interventions.prepare(net).to(device)
+        self.optimizer = self._make_optimizer()
+        self.task: Task | None = None
+        interventions.batch_fn = lambda: self.task.inputs[:cfg.batch_size].to(device) if self.task else None
+        interventions.attach({"model": self.model}, [self.optimizer])
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    @torch.no_grad()
+    def _reset(self) -> None:
+        fresh = fresh_copy(self.model)
+        for p, q in zip(self.model.parameters(), fresh.parameters()):
+            p.copy_(q)
+        self.optimizer.state.clear()
+
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list]:
+        cfg = self.cfg
+        self.task = task = self.envs.next_task()
+        if cfg.reset_at_task_start and task.index > 0:
+            self._reset()
+        x, y = task.inputs.to(self.device), task.targets.to(self.device)
+        losses = []
+        for _ in range(cfg.steps_per_task):
+            idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=self.gen).to(self.device)
+            loss = task_loss(task.kind, self.model(x[idx]), y[idx])
+            check_finite("training", loss)
+            self.interventions.observe_loss(float(loss.detach()))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            out = self.model(x)
+            metrics = {"supervised/task": task.index, "supervised/train_loss": float(task_loss(task.kind, out, y)),
+                       "supervised/first_minibatch_loss": losses[0], "supervised/mean_minibatch_loss": float(np.mean(losses))}
+            if task.kind == "classification":
+                metrics["supervised/train_accuracy"] = float((out.argmax(-1) == y).float().mean())
+        self.env_steps += cfg.steps_per_task
+        self.iteration += 1
+        return metrics, []
+
+    def diagnostic_loss(self) -> Tensor:
+        task = self.task
+        x, y = task.inputs[:self.cfg.batch_size].to(self.device), task.targets[:self.cfg.batch_size].to(self.device)
+        return task_loss(task.kind, self.model(x), y)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def probe_batch(self, size: int) -> Tensor:
+        return self.envs.probe_inputs(size).to(self.device)
+
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        """Task streams always restore exactly; nothing to restart."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.gen.get_state(), "iteration": self.iteration, "env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
