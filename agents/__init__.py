@@ -36,11 +36,21 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               "PPO + Proximal Feature Optimization (Moalla et al. 2024), penultimate layer", variant="ppo_pfo"),
     AgentSpec("ppo_pfo_all", "agents.ppo:PPO", "ppo",
               "PPO + PFO on all layers' pre-activations (Moalla et al. 2024)", variant="ppo_pfo_all"),
+    AgentSpec("dqn", "agents.dqn:DQN", "dqn", "DQN with double-Q targets (Mnih et al. 2015; van Hasselt et al. 2016)"),
+    AgentSpec("dqn_soft_reset", "agents.dqn:DQN", "dqn", "DQN whose Q-network is trained by the soft-reset learner "
+              "(Galashov et al. 2024)", variant="dqn_soft_reset"),
     AgentSpec("online", "agents.supervised:SupervisedLearner", "learner",
               "supervised learner trained online across tasks (add --intervention ...)", suites=("supervised",)),
     AgentSpec("hard_reset", "agents.supervised:SupervisedLearner", "learner",
               "oracle: re-initialise model and optimiser at every task boundary", variant="hard_reset",
               suites=("supervised",)),
+    AgentSpec("soft_reset", "agents.supervised:SupervisedLearner", "learner",
+              "soft reset with a learned OU drift per layer (Galashov et al. 2024)", variant="soft_reset",
+              suites=("supervised",)),
+    AgentSpec("soft_reset_param", "agents.supervised:SupervisedLearner", "learner",
+              "soft reset, one drift per parameter", variant="soft_reset_param", suites=("supervised",)),
+    AgentSpec("soft_reset_prox", "agents.supervised:SupervisedLearner", "learner",
+              "soft reset, proximal updates (K_theta steps)", variant="soft_reset_prox", suites=("supervised",)),
 ]}
 
 

@@ -3,8 +3,9 @@
 One iteration is one task: ``steps_per_task`` minibatch steps (SGD or Adam) on the task's
 data, then the loss and accuracy on all of it. A falling per-task training accuracy over
 the stream is loss of plasticity. Variants: ``online`` (plain), ``hard_reset`` (an oracle
-that re-initialises the model and the optimiser state at every task boundary), and any
-``--intervention``.
+that re-initialises the model and the optimiser state at every task boundary), ``soft_reset``
+(plasticity/soft_reset.py: learned OU drift towards the initialisation, per layer;
+``soft_reset_param`` per parameter; ``soft_reset_prox`` proximal), and any ``--intervention``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from agents.networks import mlp
 from configs import param
 from envs.supervised import Task, TaskStream
 from plasticity.interventions import Interventions, fresh_copy
+from plasticity.soft_reset import SoftReset
 
 
 @dataclass
@@ -36,6 +38,14 @@ class SupervisedConfig:
     batch_size: int = param("Minibatch size", min=1)
     steps_per_task: int = param("Optimiser steps per task (one iteration)", min=1)
     reset_at_task_start: bool = param("Oracle hard reset: re-initialise model and optimiser state at each new task")
+    soft_reset: bool = param("Train with the soft-reset learner (plasticity/soft_reset.py) around the optimiser")
+    sr_per: str = param("Soft reset: one drift gamma per layer or per parameter", choices=("layer", "parameter"))
+    sr_lr_gamma: float = param("Soft reset: step size of the gamma ascent (0: gamma fixed)", min=0.0)
+    sr_k_gamma: int = param("Soft reset: gamma ascent steps per batch (K_gamma)", min=1)
+    sr_m_gamma: int = param("Soft reset: Monte Carlo samples per gamma step (M_gamma)", min=1)
+    sr_s2_ratio: float = param("Soft reset: posterior variance s^2 as a multiple of sigma0^2", min=0.0, min_exclusive=True)
+    sr_prior_mean: str = param("Soft reset: mu0 = the initial parameters or zero", choices=("init", "zero"))
+    sr_k_theta: int = param("Soft reset: optimiser steps per batch (K_theta > 1: the proximal variant)", min=1)
 
 
 def small_cnn(input_shape: tuple[int, ...], out: int, hidden: int) -> nn.Sequential:
@@ -72,6 +82,12 @@ class SupervisedLearner(Agent):
         interventions.batch_fn = lambda: self.task.inputs[:cfg.batch_size].to(device) if self.task else None
         interventions.attach({"model": self.model}, [self.optimizer])
         self.gen = torch.Generator().manual_seed(seed)
+        self.soft_reset = None
+        if cfg.soft_reset:
+            self.soft_reset = SoftReset(self.model, self.optimizer, per=cfg.sr_per, lr_gamma=cfg.sr_lr_gamma,
+                                        k_gamma=cfg.sr_k_gamma, m_gamma=cfg.sr_m_gamma, s2_ratio=cfg.sr_s2_ratio,
+                                        prior_mean=cfg.sr_prior_mean, k_theta=cfg.sr_k_theta,
+                                        generator=torch.Generator().manual_seed(seed + 1))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "adam":
@@ -91,15 +107,20 @@ class SupervisedLearner(Agent):
         if cfg.reset_at_task_start and task.index > 0:
             self._reset()
         x, y = task.inputs.to(self.device), task.targets.to(self.device)
-        losses = []
+        losses, gammas = [], []
         for _ in range(cfg.steps_per_task):
             idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=self.gen).to(self.device)
-            loss = task_loss(task.kind, self.model(x[idx]), y[idx])
+            if self.soft_reset is not None:
+                stats = self.soft_reset.step(lambda forward: task_loss(task.kind, forward(x[idx]), y[idx]))
+                loss = torch.tensor(stats["loss"])
+                gammas.append(self.soft_reset.gamma_summary())
+            else:
+                loss = task_loss(task.kind, self.model(x[idx]), y[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             check_finite("training", loss)
             self.interventions.observe_loss(float(loss.detach()))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
             losses.append(float(loss.detach()))
         with torch.no_grad():
             out = self.model(x)
@@ -107,6 +128,10 @@ class SupervisedLearner(Agent):
                        "supervised/first_minibatch_loss": losses[0], "supervised/mean_minibatch_loss": float(np.mean(losses))}
             if task.kind == "classification":
                 metrics["supervised/train_accuracy"] = float((out.argmax(-1) == y).float().mean())
+        for layer in gammas[0] if gammas else []:
+            trace = [g[layer] for g in gammas]
+            metrics |= {f"soft_reset/gamma_first/{layer}": trace[0], f"soft_reset/gamma_min/{layer}": min(trace),
+                        f"soft_reset/gamma_last/{layer}": trace[-1]}
         self.env_steps += cfg.steps_per_task
         self.iteration += 1
         return metrics, []
@@ -130,10 +155,13 @@ class SupervisedLearner(Agent):
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.gen.get_state(), "iteration": self.iteration, "env_steps": self.env_steps}
+                "generator": self.gen.get_state(), "iteration": self.iteration, "env_steps": self.env_steps,
+                "soft_reset": self.soft_reset.state_dict() if self.soft_reset else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        if self.soft_reset is not None:
+            self.soft_reset.load_state_dict(state["soft_reset"])

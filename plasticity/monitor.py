@@ -50,6 +50,13 @@ class DiagnosticsConfig:
     hessian: bool = param("Also estimate the top Hessian eigenvalue of the agent's loss (costly)")
     hessian_iterations: int = param("Power-iteration steps for the Hessian eigenvalue", min=1)
 
+    @classmethod
+    def defaults(cls, **overrides: Any) -> "DiagnosticsConfig":
+        """The suite's defaults (configs/atari.yaml's diagnostics section), with overrides."""
+        from configs import CONFIG_DIR, build_section, read_yaml
+        values = read_yaml(CONFIG_DIR / "atari.yaml")[0]["diagnostics"]
+        return build_section(cls, {**values, **overrides}, "diagnostics")
+
 
 class PlasticityMonitor:
     """Computes the diagnostics of :mod:`plasticity.metrics` for named networks."""
@@ -74,6 +81,7 @@ class PlasticityMonitor:
                     if id(p) in owner:
                         self._group.setdefault(owner[id(p)], (opt, index))
         self._tracking = False
+        self.always_track = False
         self._before: dict[tuple[str, str], list[Tensor]] = {}
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
@@ -81,9 +89,27 @@ class PlasticityMonitor:
             opt.register_step_pre_hook(self._pre_step)
             opt.register_step_post_hook(self._post_step)
 
+    @classmethod
+    def attach(cls, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, probe: Tensor | None = None,
+               name: str = "model", **overrides: Any) -> "PlasticityMonitor":
+        """For a plain training loop: the suite's default settings, update tracking always on.
+
+        >>> monitor = PlasticityMonitor.attach(model, optimizer, probe=x_probe)
+        >>> ...train...; print(monitor.collect())
+        """
+        monitor = cls({name: model}, [optimizer] if optimizer is not None else [],
+                      DiagnosticsConfig.defaults(**overrides), probe=probe)
+        monitor.always_track = True
+        monitor.track_updates(True)
+        return monitor
+
     # -- schedule ----------------------------------------------------------------------------
     def due(self, iteration: int) -> bool:
         return self.cfg.enabled and iteration % self.cfg.interval == 0
+
+    @property
+    def tracking(self) -> bool:
+        return self._tracking
 
     def track_updates(self, on: bool) -> None:
         """Record update and gradient norms of every optimiser step until collect()."""
@@ -199,7 +225,7 @@ class PlasticityMonitor:
         out.update({f"plasticity/{k}": v / self._counts[k] for k, v in self._sums.items()})
         self._sums.clear()
         self._counts.clear()
-        self._tracking = False
+        self._tracking = self.always_track
         return out
 
     def state_dict(self) -> dict[str, Any]:

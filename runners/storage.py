@@ -32,8 +32,12 @@ def _atomic_replace(path: Path, write) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_replace(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_replace(path, lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -52,7 +56,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
-        _atomic_replace(dst, lambda f: f.write(src.read_bytes()))
+        atomic_write_bytes(dst, src.read_bytes())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -202,6 +202,8 @@ class Trainer:
         bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps), unit="step",
                    unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
+        lock = self.run_dir / ".running"  # lets sweeps tell a live run from a dead one
+        lock.write_text(f"{os.uname().nodename}:{os.getpid()}")
         if agent.env_steps == 0:
             self.save_checkpoint(periodic=True)  # the initial networks, for probes over training
         last_saved = agent.env_steps
@@ -246,6 +248,7 @@ class Trainer:
         finally:
             bar.close()
             self.logger.close()
+            lock.unlink(missing_ok=True)
         self.write_summary(status, reason)
         if status == "failed":
             print(f"error: {reason} ({self.ckpt_dir / 'latest.pt'})", file=sys.stderr)

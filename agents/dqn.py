@@ -1,0 +1,209 @@
+"""DQN with double-Q targets (van Hasselt et al. 2016), optionally trained by the soft-reset learner.
+
+Mnih et al. 2015 (Nature CNN, target network, replay, epsilon-greedy) with the double-DQN target
+and Adam as in CleanRL's ``dqn_atari.py`` (defaults in configs/dqn.yaml). Top to bottom:
+
+1. act epsilon-greedily in ``num_envs`` environments (epsilon decays linearly over
+   ``eps_decay_steps`` agent steps), storing every step in the replay rings (agents/replay.py);
+2. after ``learning_starts`` steps, every ``train_frequency`` agent steps take
+   ``gradient_steps`` minibatch updates (the replay ratio is gradient_steps / train_frequency
+   updates per agent step) on the Huber loss against
+   r + gamma^n Q_target(s', argmax_a Q(s', a)) (``double=false``: max_a Q_target(s', a));
+3. copy the online network into the target network every ``target_update_period`` updates.
+
+``soft_reset=true`` replaces the optimiser step by :class:`plasticity.soft_reset.SoftReset`
+(a learned drift of the Q-network towards its initialisation; ``sr_*`` fields), the off-policy
+setting in which Galashov et al. 2024 report gains. One iteration = ``iteration_steps`` agent
+steps (the logging and diagnostics unit).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.base import Agent, check_finite
+from agents.networks import build_network
+from agents.replay import ReplayBuffer
+from configs import param
+from envs import Episode, VecEnv
+from plasticity.interventions import Interventions
+from plasticity.soft_reset import SoftReset
+
+
+@dataclass
+class DQNConfig:
+    """DQN hyperparameters (defaults: CleanRL dqn_atari.py / Mnih et al. 2015)."""
+    network: str = param("Q-network body", choices=("nature_cnn", "minatar_cnn", "mlp"))
+    hidden: int = param("Width of the last hidden layer", min=1)
+    activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
+    buffer_size: int = param("Replay capacity in agent steps", min=1)
+    batch_size: int = param("Minibatch size", min=1)
+    lr: float = param("Adam learning rate", min=0.0, min_exclusive=True)
+    adam_eps: float = param("Adam epsilon", min=0.0, min_exclusive=True)
+    gamma: float = param("Discount factor", min=0.0, max=1.0)
+    n_step: int = param("n of the n-step return", min=1)
+    double: bool = param("Double-DQN target (online argmax, target evaluation)")
+    target_update_period: int = param("Gradient updates between target-network copies", min=1)
+    train_frequency: int = param("Agent steps (summed over envs) between training phases", min=1)
+    gradient_steps: int = param("Gradient updates per training phase (the replay ratio's numerator)", min=1)
+    learning_starts: int = param("Agent steps of experience before the first update", min=0)
+    eps_start: float = param("Initial exploration epsilon", min=0.0, max=1.0)
+    eps_end: float = param("Final exploration epsilon", min=0.0, max=1.0)
+    eps_decay_steps: int = param("Agent steps over which epsilon decays linearly", min=1)
+    max_grad_norm: float = param("Gradient norm clip (0: off)", min=0.0)
+    iteration_steps: int = param("Agent steps per iteration (logging/diagnostics unit)", min=1)
+    soft_reset: bool = param("Train the Q-network with the soft-reset learner (Galashov et al. 2024)")
+    sr_per: str = param("Soft reset: one drift gamma per layer or per parameter", choices=("layer", "parameter"))
+    sr_lr_gamma: float = param("Soft reset: step size of the gamma ascent", min=0.0)
+    sr_m_gamma: int = param("Soft reset: Monte Carlo samples per gamma step", min=1)
+    sr_s2_ratio: float = param("Soft reset: posterior variance as a multiple of sigma0^2", min=0.0, min_exclusive=True)
+
+
+class DQN(Agent):
+    section = "dqn"
+    config_class = DQNConfig
+
+    def __init__(self, cfg: DQNConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
+                 interventions: Interventions):
+        super().__init__(cfg, envs, device, total_steps, seed, interventions)
+        obs_space = envs.single_observation_space
+        self.num_actions = int(envs.single_action_space.n)
+        self.num_envs = envs.num_envs
+        self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
+        self.q = interventions.prepare(build_network(cfg.network, obs_space.shape, self.num_actions, cfg.hidden,
+                                                     cfg.activation)).to(device)
+        self.target = copy.deepcopy(self.q)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        self.replay = ReplayBuffer(cfg.buffer_size, self.num_envs, obs_space.shape, obs_dtype, device)
+        interventions.batch_fn = lambda: self._recent_obs(cfg.batch_size)
+        interventions.attach({"q": self.q}, [self.optimizer])
+        self.gen = torch.Generator().manual_seed(seed)
+        self.soft_reset = None
+        if cfg.soft_reset:
+            self.soft_reset = SoftReset(self.q, self.optimizer, per=cfg.sr_per, lr_gamma=cfg.sr_lr_gamma,
+                                        m_gamma=cfg.sr_m_gamma, s2_ratio=cfg.sr_s2_ratio,
+                                        generator=torch.Generator().manual_seed(seed + 1))
+        self.updates = 0
+        self.restart_episodes(envs.reset())
+
+    def epsilon(self) -> float:
+        c = self.cfg
+        return c.eps_end + (c.eps_start - c.eps_end) * max(0.0, 1.0 - self.env_steps / c.eps_decay_steps)
+
+    # -- 1. act -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> Tensor:
+        q = self.q(obs)
+        check_finite("Q-network output", q)
+        greedy = q.argmax(-1).cpu()
+        explore = torch.rand(self.num_envs, generator=self.gen) < self.epsilon()
+        random = torch.randint(0, self.num_actions, (self.num_envs,), generator=self.gen)
+        return torch.where(explore, random, greedy)
+
+    # -- 2.-3. learn ------------------------------------------------------------------------------
+    def td_loss(self, batch, forward=None) -> Tensor:
+        """Huber loss of Q(s, a) (``forward``: the online network or soft reset's sampled one) to the target."""
+        q = (forward or self.q)(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target(batch.next_obs)
+            best = (self.q(batch.next_obs) if self.cfg.double else next_target).argmax(-1, keepdim=True)
+            target = batch.returns + batch.discounts * next_target.gather(1, best).squeeze(1)
+        return F.smooth_l1_loss(q, target)
+
+    def learn(self) -> dict[str, float]:
+        cfg = self.cfg
+        batch = self.replay.sample(cfg.batch_size, cfg.gamma, cfg.n_step, self.gen)
+        if self.soft_reset is not None:
+            loss = torch.tensor(self.soft_reset.step(lambda forward: self.td_loss(batch, forward))["loss"])
+        else:
+            loss = self.td_loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+        loss = loss.detach()
+        check_finite("TD", loss)
+        self.interventions.observe_loss(float(loss))
+        self.updates += 1
+        if self.updates % cfg.target_update_period == 0:
+            self.target.load_state_dict(self.q.state_dict())
+        return {"losses/td": float(loss)}
+
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
+        cfg = self.cfg
+        episodes: list[Episode] = []
+        sums: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(self.steps_per_iteration // self.num_envs):
+            actions = self.act(self.next_obs)
+            step = self.envs.step(actions.numpy())
+            self.replay.add(self.next_obs, actions.to(self.device), torch.from_numpy(step.reward).to(self.device),
+                            torch.from_numpy(step.terminated).to(self.device),
+                            torch.from_numpy(step.truncated).to(self.device), ~self.prev_done)
+            self.prev_done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
+            self.next_obs = torch.from_numpy(step.obs).to(self.device)
+            episodes.extend(step.episodes)
+            phases = (self.env_steps + self.num_envs) // cfg.train_frequency - self.env_steps // cfg.train_frequency
+            self.env_steps += self.num_envs
+            if self.env_steps >= cfg.learning_starts:
+                for _ in range(phases * cfg.gradient_steps):
+                    for k, v in self.learn().items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_updates += 1
+        self.iteration += 1
+        metrics = {k: v / n_updates for k, v in sums.items()}
+        metrics |= {"charts/epsilon": self.epsilon(), "charts/updates": self.updates}
+        if self.soft_reset is not None and n_updates:
+            metrics |= {f"soft_reset/gamma/q/{layer}": g for layer, g in self.soft_reset.gamma_summary().items()}
+        return metrics, episodes
+
+    def _recent_obs(self, n: int) -> Tensor | None:
+        if self.replay.size == 0:
+            return None
+        rows = (self.replay.next_row - 1 - torch.arange(min(self.replay.size, max(1, n // self.num_envs)))) % self.replay.rows
+        return self.replay.obs[rows].reshape(-1, *self.replay.obs.shape[2:])[:n]
+
+    def diagnostic_loss(self) -> Tensor:
+        return self.td_loss(self.replay.sample(self.cfg.batch_size, self.cfg.gamma, self.cfg.n_step,
+                                               torch.Generator().manual_seed(0)))
+
+    # -- runner interface -------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return {"q": self.q}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def probe_batch(self, size: int) -> Tensor:
+        return self._recent_obs(size).clone()
+
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        self.next_obs = torch.from_numpy(obs).to(self.device)
+        self.prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "replay": self.replay.state_dict(), "generator": self.gen.get_state(), "updates": self.updates,
+                "next_obs": self.next_obs.cpu(), "prev_done": self.prev_done.cpu(), "iteration": self.iteration,
+                "env_steps": self.env_steps, "soft_reset": self.soft_reset.state_dict() if self.soft_reset else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.q.load_state_dict(state["q"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.replay.load_state_dict(state["replay"])
+        self.gen.set_state(state["generator"])
+        self.updates = state["updates"]
+        self.next_obs, self.prev_done = state["next_obs"].to(self.device), state["prev_done"].to(self.device)
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        if self.soft_reset is not None:
+            self.soft_reset.load_state_dict(state["soft_reset"])

@@ -1,0 +1,72 @@
+"""Replay storage, n-step targets and the DQN agent."""
+import pytest
+import torch
+
+from agents.replay import ReplayBuffer
+
+
+def filled(rewards, terminated, truncated, valid=None, envs=1, capacity=100):
+    buf = ReplayBuffer(capacity, envs, (1,), torch.float32, torch.device("cpu"))
+    for t, (r, te, tr) in enumerate(zip(rewards, terminated, truncated)):
+        buf.add(torch.full((envs, 1), float(t)), torch.zeros(envs, dtype=torch.long), torch.full((envs,), r),
+                torch.full((envs,), te), torch.full((envs,), tr),
+                torch.full((envs,), True if valid is None else valid[t]))
+    return buf
+
+
+def test_one_step_and_n_step_targets_hand_computed():
+    g = 0.5
+    buf = filled([1.0, 2.0, 4.0, 8.0, 0.0], [False] * 5, [False] * 5)
+    s = buf.gather(torch.tensor([0]), g, 1)
+    assert s.returns.item() == 1.0 and s.discounts.item() == g and s.next_obs.item() == 1.0
+    s = buf.gather(torch.tensor([0]), g, 3)
+    assert s.returns.item() == pytest.approx(1 + g * 2 + g * g * 4)
+    assert s.discounts.item() == pytest.approx(g ** 3) and s.next_obs.item() == 3.0
+
+
+def test_n_step_targets_stop_at_episode_ends():
+    g = 0.5
+    # step 1 terminates: row 2 is the reset transition (its obs is the episode's last observation)
+    buf = filled([1.0, 2.0, 0.0, 4.0, 5.0], [False, True, False, False, False], [False] * 5,
+                 valid=[True, True, False, True, True])
+    s = buf.gather(torch.tensor([0]), g, 3)
+    assert s.returns.item() == pytest.approx(1 + g * 2) and s.discounts.item() == 0.0
+    # a truncation bootstraps from the episode's last observation (row 2) with gamma^2
+    buf = filled([1.0, 2.0, 0.0, 4.0, 5.0], [False] * 5, [False, True, False, False, False],
+                 valid=[True, True, False, True, True])
+    s = buf.gather(torch.tensor([0]), g, 3)
+    assert s.returns.item() == pytest.approx(1 + g * 2) and s.discounts.item() == pytest.approx(g * g)
+    assert s.next_obs.item() == 2.0
+    # reset transitions are never sampled; rows without n successors neither
+    ok = buf.sampleable(2)[:, 0].tolist()
+    assert ok[:5] == [True, True, False, False, False]
+
+
+def test_ring_overwrites_the_oldest_rows_and_round_trips():
+    buf = filled([float(i) for i in range(7)], [False] * 7, [False] * 7, envs=2, capacity=10)  # 5 rows per env
+    assert buf.size == 5 and len(buf) == 10 and buf.next_row == 2
+    assert buf.obs[:, 0, 0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
+    assert buf.sampleable(1)[:, 0].tolist() == [True, False, True, True, True]
+    other = ReplayBuffer(10, 2, (1,), torch.float32, torch.device("cpu"))
+    other.load_state_dict(buf.state_dict())
+    assert torch.equal(other.obs, buf.obs) and other.next_row == 2
+    s = buf.sample(64, 0.9, 1, torch.Generator().manual_seed(0))
+    assert torch.all(s.next_obs == (s.obs + 1) % 7 + 0 * s.obs) or torch.all(s.next_obs - s.obs == 1)
+
+
+@pytest.mark.parametrize("agent", ["dqn", "dqn_soft_reset"])
+def test_dqn_runs_and_resumes_exactly(agent, tmp_path):
+    from runners.cli import main
+    args = ["--agent", agent, "--env", "Breakout", "--set", "env.num_envs=2", "--set", "dqn.learning_starts=200",
+            "--set", "dqn.buffer_size=2000",
+            "--set", "dqn.iteration_steps=200", "--set", "run.checkpoint_steps=400", "--set", "diagnostics.interval=2",
+            "--set", "diagnostics.probe_size=128", "--results-dir", str(tmp_path), "--experiment", "t", "--no-progress"]
+    assert main("minatar", [*args, "--total-steps", "1000", "--run-name", "full"]) == 0
+    assert main("minatar", [*args, "--total-steps", "800", "--run-name", "cut"]) == 0
+    assert main("minatar", ["--resume", str(tmp_path / "t" / "cut"), "--total-steps", "1000", "--no-progress"]) == 0
+    a = torch.load(tmp_path / "t" / "full" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
+    b = torch.load(tmp_path / "t" / "cut" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
+    assert a["updates"] == b["updates"] > 0
+    assert all(torch.equal(a["q"][k], b["q"][k]) for k in a["q"])
+    rows = (tmp_path / "t" / "full" / "metrics.csv").read_text()
+    assert "losses/td" in rows and ("soft_reset/gamma/q/fc" in rows) == (agent == "dqn_soft_reset")
