@@ -6,10 +6,12 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from configs import ConfigError
@@ -80,6 +82,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+#: TensorBoard's CUSTOM SCALARS tab: one chart per diagnostic with every network and layer on it
+TENSORBOARD_LAYOUT = {
+    "learning": {"return": ["Multiline", [r"charts/episodic_return", r"supervised/train_accuracy"]],
+                 "losses": ["Multiline", [r"losses/.*"]],
+                 "trust region": ["Multiline", [r"trust_region/(excess_ratio|ratio_above_mean|ratio_below_mean)"]],
+                 "policy change": ["Multiline", [r"trust_region/(kl|kl_k1|kl_k3|feature_mse)"]]},
+    "plasticity: representation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (
+        "srank", "effective_rank", "approx_rank", "feature_rank", "stable_rank", "feature_norm",
+        "pattern_change", "kernel_change", "churn")},
+    "plasticity: units": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in ("dead_frac", "dormant_frac", "zombie_frac")},
+    "plasticity: optimisation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (
+        "weight_norm", "grad_norm", "update_norm", "update_ratio", "elr", "hessian_top")},
+    "interventions": {"soft reset gamma": ["Multiline", [r"soft_reset/.*"]],
+                      "interventions": ["Multiline", [r"interventions/.*"]]},
+}
+
+
 class MetricsLogger:
     """One row per logging step to ``metrics.csv`` and the same scalars to TensorBoard.
 
@@ -104,6 +123,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step, flush_secs=30)
+            if keep_rows is None:
+                self._writer.add_custom_scalars(TENSORBOARD_LAYOUT)
 
     def _read(self) -> tuple[list[str], list[list[str]]]:
         with self.path.open(newline="") as f:
@@ -152,11 +173,29 @@ class MetricsLogger:
             self._writer.close()
 
 
+_LINE_END_EMPTY = re.compile(r",$", re.MULTILINE)
+
+
+def read_metrics_array(path: Path) -> tuple[list[str], np.ndarray]:
+    """metrics.csv -> (columns, float array of shape (rows, columns)) with NaN for empty cells.
+
+    Rows with a wrong number of cells (a write cut short) are dropped. Parsing is done by
+    NumPy's C reader: thousands of rows x hundreds of columns take milliseconds.
+    """
+    text = path.read_text()
+    header, _, body = text.partition("\n")
+    columns = next(csv.reader([header])) if header else []
+    lines = [line for line in body.split("\n") if line.count(",") == len(columns) - 1 and line]
+    if not lines:
+        return columns, np.zeros((0, len(columns)))
+    # empty cells -> nan (the first column, the step, is never empty); twice for runs of empties
+    filled = "\n".join(lines).replace(",,", ",nan,").replace(",,", ",nan,")
+    filled = _LINE_END_EMPTY.sub(",nan", filled)
+    data = np.loadtxt(io.StringIO(filled), delimiter=",", dtype=float, ndmin=2)
+    return columns, data
+
+
 def read_metrics(path: Path) -> dict[str, list[float]]:
     """metrics.csv -> {column: values} with NaN for empty cells."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    header, body = rows[0], [r for r in rows[1:] if len(r) == len(rows[0])]
-    return {col: [float(r[i]) if r[i] != "" else math.nan for r in body] for i, col in enumerate(header)}
+    columns, data = read_metrics_array(path)
+    return {col: data[:, i].tolist() for i, col in enumerate(columns)}
