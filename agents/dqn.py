@@ -80,7 +80,7 @@ class DQN(Agent):
         self.q = interventions.prepare(build_network(cfg.network, obs_space.shape, self.num_actions, cfg.hidden,
                                                      cfg.activation)).to(device)
         self.target = copy.deepcopy(self.q)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
         self.replay = ReplayBuffer(cfg.buffer_size, self.num_envs, obs_space.shape, obs_dtype, device)
         interventions.batch_fn = lambda: self._recent_obs(cfg.batch_size)

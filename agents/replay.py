@@ -68,9 +68,20 @@ class ReplayBuffer:
         return self.size * self.num_envs
 
     def sample(self, batch_size: int, gamma: float, n_step: int, gen: torch.Generator) -> ReplaySample:
-        candidates = torch.nonzero(self.sampleable(n_step).flatten()).squeeze(1)
-        pick = torch.randint(0, candidates.numel(), (batch_size,), generator=gen).to(self.device)
-        return self.gather(candidates[pick], gamma, n_step)
+        """Uniform over the sampleable rows, by rejection: draw among the rows written, keep the valid ones."""
+        if self.size <= n_step:
+            raise RuntimeError("not enough experience in the replay buffer to sample from")
+        picked: list[Tensor] = []
+        have = 0
+        while have < batch_size:
+            age = torch.randint(n_step, self.size, (2 * batch_size,), generator=gen)  # 0 = newest row
+            env = torch.randint(0, self.num_envs, (2 * batch_size,), generator=gen)
+            row = ((self.next_row - 1 - age) % self.rows).to(self.device)
+            keep = self.valid[row, env.to(self.device)]
+            flat = (row * self.num_envs + env.to(self.device))[keep]
+            picked.append(flat)
+            have += flat.numel()
+        return self.gather(torch.cat(picked)[:batch_size], gamma, n_step)
 
     def gather(self, flat: Tensor, gamma: float, n_step: int) -> ReplaySample:
         rows, envs = flat // self.num_envs, flat % self.num_envs

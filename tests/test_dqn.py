@@ -51,6 +51,7 @@ def test_ring_overwrites_the_oldest_rows_and_round_trips():
     other.load_state_dict(buf.state_dict())
     assert torch.equal(other.obs, buf.obs) and other.next_row == 2
     s = buf.sample(64, 0.9, 1, torch.Generator().manual_seed(0))
+    assert buf.sampleable(1).flatten()[s.indices].all()  # rejection sampling keeps to the sampleable rows
     assert torch.all(s.next_obs == (s.obs + 1) % 7 + 0 * s.obs) or torch.all(s.next_obs - s.obs == 1)
 
 
