@@ -39,6 +39,13 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
     AgentSpec("dqn", "agents.dqn:DQN", "dqn", "DQN with double-Q targets (Mnih et al. 2015; van Hasselt et al. 2016)"),
     AgentSpec("dqn_soft_reset", "agents.dqn:DQN", "dqn", "DQN whose Q-network is trained by the soft-reset learner "
               "(Galashov et al. 2024)", variant="dqn_soft_reset"),
+    AgentSpec("rainbow", "agents.rainbow:Rainbow", "rainbow", "Rainbow (Hessel et al. 2018)"),
+    AgentSpec("der", "agents.rainbow:Rainbow", "rainbow", "data-efficient Rainbow (van Hasselt et al. 2019)",
+              variant="der"),
+    AgentSpec("rainbow_macro", "agents.rainbow:Rainbow", "rainbow", "Rainbow + macro-actions (naive)",
+              variant="rainbow_macro"),
+    AgentSpec("rainbow_masp", "agents.rainbow:Rainbow", "rainbow",
+              "Rainbow + macro-actions + meta-learned similarity penalty (Hosu et al. 2025)", variant="rainbow_masp"),
     AgentSpec("online", "agents.supervised:SupervisedLearner", "learner",
               "supervised learner trained online across tasks (add --intervention ...)", suites=("supervised",)),
     AgentSpec("hard_reset", "agents.supervised:SupervisedLearner", "learner",

@@ -65,6 +65,10 @@ class Agent(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def images(self) -> dict[str, np.ndarray]:
+        """Named 2-D arrays to log as TensorBoard images on diagnostics iterations (e.g. a similarity matrix)."""
+        return {}
+
     def diagnostic_loss(self) -> Tensor:
         """The agent's training loss on recent data, with a graph (for Hessian diagnostics)."""
         raise NotImplementedError(f"{type(self).__name__} provides no diagnostic loss")

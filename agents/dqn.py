@@ -167,10 +167,7 @@ class DQN(Agent):
         return metrics, episodes
 
     def _recent_obs(self, n: int) -> Tensor | None:
-        if self.replay.size == 0:
-            return None
-        rows = (self.replay.next_row - 1 - torch.arange(min(self.replay.size, max(1, n // self.num_envs)))) % self.replay.rows
-        return self.replay.obs[rows].reshape(-1, *self.replay.obs.shape[2:])[:n]
+        return self.replay.recent(n)
 
     def diagnostic_loss(self) -> Tensor:
         return self.td_loss(self.replay.sample(self.cfg.batch_size, self.cfg.gamma, self.cfg.n_step,

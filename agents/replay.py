@@ -1,22 +1,32 @@
 """Replay storage for off-policy agents, laid out as one ring per environment.
 
-With next-step autoreset (envs/base.py) the observation stored at row t + 1 of an
-environment's ring is always the observation that follows row t, including the last
-observation of a finished episode (stored as the "reset transition" row, whose action and
-reward are ignored). So each observation is stored once and no separate ``next_obs`` array is
-needed. Row t can be sampled when it is not a reset transition and rows t + 1 .. t + n exist.
+Each environment writes its own ring of rows (its own write position), one row per decision:
+the observation acted on, the action, the (discounted) reward it earned, how many primitive
+steps ``k`` it took (1, or a macro's length), and how it ended. With next-step autoreset
+(envs/base.py) the observation of row t + 1 of a ring is always the observation that follows
+row t, including the last observation of a finished episode (stored as the "reset transition"
+row, whose action and reward are ignored and which is never sampled). So no ``next_obs`` array
+is needed.
 
-n-step targets follow the episode: rewards are summed with discount gamma until the n-th step
-or the end of the episode; a terminated episode does not bootstrap, a truncated one bootstraps
-from its last observation.
+**Frame storage.** With ``stack`` > 1 (Atari's 4-frame stacks) and one primitive step per row,
+only the newest frame of each observation is stored and stacks are rebuilt from the ring: the
+frames of rows t-3 .. t, with the first frame of the episode repeated before its start, exactly
+as the environment built them. 1M Atari transitions then take 1M x 84 x 84 bytes = 7.1 GB
+instead of 28 GB.
+
+**n-step targets** follow the episode: rewards are summed with discount gamma^k per row until
+the n-th row or the end of the episode; a terminated episode does not bootstrap, a truncated
+one bootstraps from its last observation (SMDP discounting for macros: a row of k steps
+discounts what follows by gamma^k).
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
+
+STATE_KEYS = ("obs", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row", "size")
 
 
 class ReplaySample(NamedTuple):
@@ -24,64 +34,123 @@ class ReplaySample(NamedTuple):
     actions: Tensor
     returns: Tensor  # n-step discounted reward sum
     next_obs: Tensor  # the observation to bootstrap from
-    discounts: Tensor  # gamma^k of the bootstrap, 0 where the episode terminated
-    indices: Tensor  # flat row*num_envs + env, for priority updates
+    discounts: Tensor  # gamma^(steps to the bootstrap), 0 where the episode terminated
+    indices: Tensor  # flat row * num_envs + env, for priority updates
+    ages: Tensor  # rows between the sampled one and the newest of its ring
 
 
 class ReplayBuffer:
-    """Uniform replay over ``capacity`` agent steps (summed over environments)."""
+    """Uniform replay over ``capacity`` rows (summed over environments)."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, frame_stack: bool = False):
         self.rows = max(2, capacity // num_envs)
         self.num_envs = num_envs
         self.device = device
-        self.obs = torch.zeros((self.rows, num_envs, *obs_shape), dtype=obs_dtype, device=device)
+        self.obs_shape = tuple(obs_shape)
+        self.stack = obs_shape[0] if frame_stack else 1
+        stored = obs_shape[1:] if frame_stack else obs_shape
+        self.obs = torch.zeros((self.rows, num_envs, *stored), dtype=obs_dtype, device=device)
         self.actions = torch.zeros((self.rows, num_envs), dtype=torch.long, device=device)
         self.rewards = torch.zeros((self.rows, num_envs), device=device)
+        self.steps = torch.ones((self.rows, num_envs), dtype=torch.long, device=device)
         self.terminated = torch.zeros((self.rows, num_envs), dtype=torch.bool, device=device)
         self.truncated = torch.zeros((self.rows, num_envs), dtype=torch.bool, device=device)
         self.valid = torch.zeros((self.rows, num_envs), dtype=torch.bool, device=device)
-        self.next_row = 0
-        self.size = 0  # rows written, at most self.rows
+        self.next_row = torch.zeros(num_envs, dtype=torch.long)
+        self.size = torch.zeros(num_envs, dtype=torch.long)  # rows written per ring, at most self.rows
 
     def add(self, obs: Tensor, actions: Tensor, rewards: Tensor, terminated: Tensor, truncated: Tensor,
-            valid: Tensor) -> None:
-        """Store one step of every environment: the observation acted on and what the step returned."""
-        r = self.next_row
-        self.obs[r] = obs
-        self.actions[r] = actions
-        self.rewards[r] = rewards
-        self.terminated[r] = terminated
-        self.truncated[r] = truncated
-        self.valid[r] = valid
-        self.next_row = (r + 1) % self.rows
-        self.size = min(self.size + 1, self.rows)
+            valid: Tensor, steps: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Write one row for every environment (or those in ``mask``); returns the flat indices written."""
+        envs = torch.arange(self.num_envs) if mask is None else torch.nonzero(mask.cpu()).squeeze(1)
+        rows = self.next_row[envs]
+        d_rows, d_envs = rows.to(self.device), envs.to(self.device)
+        sel = d_envs if mask is not None else slice(None)
+        self.obs[d_rows, d_envs] = (obs[:, -1] if self.stack > 1 else obs)[sel]
+        self.actions[d_rows, d_envs] = actions[sel]
+        self.rewards[d_rows, d_envs] = rewards[sel].float()
+        self.steps[d_rows, d_envs] = steps[sel] if steps is not None else 1
+        self.terminated[d_rows, d_envs] = terminated[sel]
+        self.truncated[d_rows, d_envs] = truncated[sel]
+        self.valid[d_rows, d_envs] = valid[sel]
+        self.next_row[envs] = (rows + 1) % self.rows
+        self.size[envs] = torch.clamp(self.size[envs] + 1, max=self.rows)
+        return d_rows * self.num_envs + d_envs
+
+    def __len__(self) -> int:
+        return int(self.size.sum())
+
+    def _min_age(self, n_step: int) -> int:
+        return n_step
+
+    def _max_age(self) -> Tensor:
+        """Per ring: rows older than this cannot be sampled (their frame stack may be overwritten)."""
+        return self.size - (self.stack - 1 if int(self.size.min()) == self.rows else 0)
 
     def sampleable(self, n_step: int) -> Tensor:
         """Boolean (rows, envs) mask of the rows that have n following rows and are not reset transitions."""
-        age = (self.next_row - 1 - torch.arange(self.rows, device=self.device)) % self.rows  # 0 = newest
-        ok = (age >= n_step) & (age < self.size)
-        return ok[:, None] & self.valid
+        age = (self.next_row[None, :] - 1 - torch.arange(self.rows)[:, None]) % self.rows  # 0 = newest
+        ok = (age >= n_step) & (age < self._max_age()[None, :])
+        return ok.to(self.device) & self.valid
 
-    def __len__(self) -> int:
-        return self.size * self.num_envs
+    def recent(self, n: int) -> Tensor | None:
+        """Up to ``n`` of the newest observations (the same number from every ring)."""
+        if int(self.size.min()) == 0:
+            return None
+        per_env = max(1, min(int(self.size.min()), -(-n // self.num_envs)))
+        rows = (self.next_row[None, :] - 1 - torch.arange(per_env)[:, None]) % self.rows
+        envs = torch.arange(self.num_envs)[None, :].expand_as(rows)
+        return self.observation(rows.flatten().to(self.device), envs.flatten().to(self.device))[:n]
+
+    def is_sampleable(self, flat: Tensor, n_step: int) -> Tensor:
+        """The :meth:`sampleable` rule for the given flat indices only (cheap for a batch)."""
+        rows, envs = (flat // self.num_envs).cpu(), (flat % self.num_envs).cpu()
+        age = (self.next_row[envs] - 1 - rows) % self.rows
+        ok = (age >= n_step) & (age < self._max_age()[envs])
+        return ok & self.valid[rows.to(self.device), envs.to(self.device)].cpu()
+
+    def age_of(self, flat: Tensor) -> Tensor:
+        rows, envs = (flat // self.num_envs).cpu(), (flat % self.num_envs).cpu()
+        return (self.next_row[envs] - 1 - rows) % self.rows
 
     def sample(self, batch_size: int, gamma: float, n_step: int, gen: torch.Generator) -> ReplaySample:
         """Uniform over the sampleable rows, by rejection: draw among the rows written, keep the valid ones."""
-        if self.size <= n_step:
+        max_age = self._max_age()
+        if int(max_age.max()) <= n_step:
             raise RuntimeError("not enough experience in the replay buffer to sample from")
         picked: list[Tensor] = []
         have = 0
         while have < batch_size:
-            age = torch.randint(n_step, self.size, (2 * batch_size,), generator=gen)  # 0 = newest row
             env = torch.randint(0, self.num_envs, (2 * batch_size,), generator=gen)
-            row = ((self.next_row - 1 - age) % self.rows).to(self.device)
-            keep = self.valid[row, env.to(self.device)]
-            flat = (row * self.num_envs + env.to(self.device))[keep]
-            picked.append(flat)
-            have += flat.numel()
+            age = (torch.rand(2 * batch_size, generator=gen) * max_age[env]).long()
+            ok = (age >= n_step) & (age < max_age[env])
+            row = (self.next_row[env] - 1 - age) % self.rows
+            flat = (row * self.num_envs + env).to(self.device)
+            keep = ok.to(self.device) & self.valid[row.to(self.device), env.to(self.device)]
+            picked.append(flat[keep])
+            have += int(keep.sum())
         return self.gather(torch.cat(picked)[:batch_size], gamma, n_step)
+
+    def observation(self, rows: Tensor, envs: Tensor) -> Tensor:
+        """Observations at (rows, envs), rebuilding frame stacks from the ring when frames are stored.
+
+        Walking back from row t, row c still belongs to t's episode unless c is a reset transition
+        (its successor is a new episode's first observation); from there on, the episode's first
+        frame is repeated, as the environment does after a reset. Assumes full resets
+        (no ``episodic_life``).
+        """
+        if self.stack == 1:
+            return self.obs[rows, envs]
+        frames = [self.obs[rows, envs]]
+        earliest = rows.clone()
+        broken = torch.zeros_like(rows, dtype=torch.bool)
+        for back in range(1, self.stack):
+            c = (rows - back) % self.rows
+            broken = broken | ~self.valid[c, envs]
+            earliest = torch.where(broken, earliest, c)
+            frames.append(self.obs[earliest, envs])
+        return torch.stack(frames[::-1], dim=1)
 
     def gather(self, flat: Tensor, gamma: float, n_step: int) -> ReplaySample:
         rows, envs = flat // self.num_envs, flat % self.num_envs
@@ -92,19 +161,17 @@ class ReplayBuffer:
         for k in range(n_step):
             r = (rows + k) % self.rows
             returns += alive * discount * self.rewards[r, envs]
-            discount = torch.where(alive, discount * gamma, discount)
+            discount = torch.where(alive, discount * gamma ** self.steps[r, envs].float(), discount)
             boot_row = torch.where(alive, (r + 1) % self.rows, boot_row)
             term, trunc = self.terminated[r, envs], self.truncated[r, envs]
             discount = torch.where(alive & term, torch.zeros_like(discount), discount)
             alive = alive & ~term & ~trunc
-        return ReplaySample(self.obs[rows, envs], self.actions[rows, envs], returns, self.obs[boot_row, envs],
-                            discount, flat)
+        return ReplaySample(self.observation(rows, envs), self.actions[rows, envs], returns,
+                            self.observation(boot_row, envs), discount, flat, self.age_of(flat))
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k).cpu() for k in ("obs", "actions", "rewards", "terminated", "truncated", "valid")} | \
-            {"next_row": self.next_row, "size": self.size}
+        return {k: getattr(self, k).cpu() for k in STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in ("obs", "actions", "rewards", "terminated", "truncated", "valid"):
+        for k in STATE_KEYS:
             getattr(self, k).copy_(state[k])
-        self.next_row, self.size = state["next_row"], state["size"]

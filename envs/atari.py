@@ -68,6 +68,7 @@ class EnvpoolAtari(VecEnv):
         if not cfg.max_pool:
             raise ConfigError("envpool always max-pools the last two frames; for env.max_pool=false "
                               "use --set env.backend=ale")
+        self.cfg = cfg
         task = f"{cfg.id}-v5"
         if task not in envpool.list_all_envs():
             raise ConfigError(f"envpool has no Atari game '{cfg.id}'; use --set env.backend=ale "

@@ -74,6 +74,8 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
     parser.add_argument("--intervention", action="append", default=[], metavar="NAME[,NAME]",
                         help="plasticity interventions to apply (repeatable): nap, layernorm_wd, rewarm, redo, "
                              "shrink_perturb, soft_shrink_perturb, l2_init, reset")
+    parser.add_argument("--similarity-from", metavar="RUN_DIR",
+                        help="initialise MASP's similarity matrix from another run (shortcut for rainbow.similarity_from)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="extra YAML config layered on the defaults (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -129,7 +131,7 @@ def split_dotted_flags(extra: list[str]) -> list[str]:
 def shortcut_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     pairs = [("env.id", args.env), ("run.seed", args.seed), ("run.total_steps", args.total_steps),
              ("run.device", args.device), ("run.experiment", args.experiment), ("run.run_name", args.run_name),
-             ("run.results_dir", args.results_dir)]
+             ("run.results_dir", args.results_dir), ("rainbow.similarity_from", args.similarity_from)]
     out = [(k, v) for k, v in pairs if v is not None]
     if args.no_progress:
         out.append(("run.progress", "false"))
@@ -254,7 +256,7 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     elif config_text != (run_dir / "config.yaml").read_text():
         atomic_write_text(run_dir / "config.yaml", config_text)  # a resume that changed the budget or device
     print(f"run directory: {run_dir}", file=sys.stderr)
-    trainer = Trainer(run_dir, run, agent, envs, monitor, diag.probe_size, meta)
+    trainer = Trainer(run_dir, run, agent, agent.envs, monitor, diag.probe_size, meta)  # agent.envs: any wrapper
     if ckpt is not None:
         trainer.restore(ckpt)
     try:

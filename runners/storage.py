@@ -164,6 +164,17 @@ class MetricsLogger:
                 if value is not None and math.isfinite(float(value)):
                     self._writer.add_scalar(key, float(value), step)
 
+    def add_heatmap(self, tag: str, matrix: np.ndarray, step: int) -> None:
+        """A 2-D array as a colour image (viridis, scaled to [0, 1] over its own range)."""
+        if self._writer is None:
+            return
+        from matplotlib import colormaps
+        m = np.asarray(matrix, dtype=float)
+        span = m.max() - m.min()
+        rgb = colormaps["viridis"]((m - m.min()) / span if span > 0 else np.zeros_like(m))[..., :3]
+        big = np.kron(rgb, np.ones((max(1, 256 // m.shape[0]), max(1, 256 // m.shape[1]), 1)))  # visible pixels
+        self._writer.add_image(tag, big, step, dataformats="HWC")
+
     def add_text(self, tag: str, text: str) -> None:
         if self._writer is not None:
             self._writer.add_text(tag, text)

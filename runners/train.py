@@ -222,6 +222,8 @@ class Trainer:
                         atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
                     if diagnose:
                         metrics.update(self.monitor.collect())
+                        for tag, image in agent.images().items():
+                            self.logger.add_heatmap(tag, image, agent.env_steps)
                     metrics.update(agent.interventions.metrics())
                     self.pending.extend(episodes)
                     self.recent.extend(e.ret for e in episodes)

@@ -44,30 +44,28 @@ def test_n_step_targets_stop_at_episode_ends():
 
 def test_ring_overwrites_the_oldest_rows_and_round_trips():
     buf = filled([float(i) for i in range(7)], [False] * 7, [False] * 7, envs=2, capacity=10)  # 5 rows per env
-    assert buf.size == 5 and len(buf) == 10 and buf.next_row == 2
+    assert buf.size.tolist() == [5, 5] and len(buf) == 10 and buf.next_row.tolist() == [2, 2]
     assert buf.obs[:, 0, 0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
     assert buf.sampleable(1)[:, 0].tolist() == [True, False, True, True, True]
     other = ReplayBuffer(10, 2, (1,), torch.float32, torch.device("cpu"))
     other.load_state_dict(buf.state_dict())
-    assert torch.equal(other.obs, buf.obs) and other.next_row == 2
+    assert torch.equal(other.obs, buf.obs) and other.next_row.tolist() == [2, 2]
     s = buf.sample(64, 0.9, 1, torch.Generator().manual_seed(0))
     assert buf.sampleable(1).flatten()[s.indices].all()  # rejection sampling keeps to the sampleable rows
+    flat = torch.arange(10)
+    assert torch.equal(buf.is_sampleable(flat, 1), buf.sampleable(1).flatten()[flat])
     assert torch.all(s.next_obs == (s.obs + 1) % 7 + 0 * s.obs) or torch.all(s.next_obs - s.obs == 1)
 
 
 @pytest.mark.parametrize("agent", ["dqn", "dqn_soft_reset"])
-def test_dqn_runs_and_resumes_exactly(agent, tmp_path):
+def test_dqn_runs_and_logs(agent, tmp_path):
+    """(Exact resume of dqn_soft_reset is tested with the other agents in test_runner.py.)"""
     from runners.cli import main
     args = ["--agent", agent, "--env", "Breakout", "--set", "env.num_envs=2", "--set", "dqn.learning_starts=200",
-            "--set", "dqn.buffer_size=2000",
-            "--set", "dqn.iteration_steps=200", "--set", "run.checkpoint_steps=400", "--set", "diagnostics.interval=2",
+            "--set", "dqn.buffer_size=2000", "--set", "dqn.iteration_steps=200", "--set", "diagnostics.interval=2",
             "--set", "diagnostics.probe_size=128", "--results-dir", str(tmp_path), "--experiment", "t", "--no-progress"]
     assert main("minatar", [*args, "--total-steps", "1000", "--run-name", "full"]) == 0
-    assert main("minatar", [*args, "--total-steps", "800", "--run-name", "cut"]) == 0
-    assert main("minatar", ["--resume", str(tmp_path / "t" / "cut"), "--total-steps", "1000", "--no-progress"]) == 0
     a = torch.load(tmp_path / "t" / "full" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
-    b = torch.load(tmp_path / "t" / "cut" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
-    assert a["updates"] == b["updates"] > 0
-    assert all(torch.equal(a["q"][k], b["q"][k]) for k in a["q"])
+    assert a["updates"] > 0
     rows = (tmp_path / "t" / "full" / "metrics.csv").read_text()
     assert "losses/td" in rows and ("soft_reset/gamma/q/fc" in rows) == (agent == "dqn_soft_reset")

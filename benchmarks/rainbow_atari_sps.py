@@ -1,0 +1,110 @@
+"""Rainbow training throughput on Atari in the learning phase, against the network-only ceiling.
+
+    python benchmarks/rainbow_atari_sps.py --repeats 3
+
+Setting: Breakout (envpool), Hessel et al. 2018's learning phase: one update of batch 32 every
+4 agent steps (train_frequency 4), diagnostics on at the default schedule. The learning phase is
+reached at once (learning_starts = 2,000 agent steps, replay 100k frames' worth) so that every
+measured iteration trains. Each repeat alternates
+
+1. the network-only ceiling: per 4 agent steps, one update's network work (online forward +
+   backward at batch 32, plus the target and online forwards on the next states for the double
+   target) and 4 acting forwards at batch 1 (the envs' batch here is 4, one forward for all),
+   eager fp32, as agent steps per second;
+2. a short training run through the real runner (``runners.atari``).
+
+Reports medians, peak resident memory of the training process, and the ratio. Reference (the
+issue's, measured on this machine type): CleanRL's single-file Rainbow about 28 steps/s.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ceiling(envs: int, repeats: int = 10) -> float:
+    from agents.rainbow import RainbowConfig, RainbowNet
+    from configs import CONFIG_DIR, build_section, read_yaml
+    cfg = build_section(RainbowConfig, read_yaml(CONFIG_DIR / "rainbow.yaml")[0]["rainbow"], "rainbow")
+    net, target = RainbowNet(cfg, (4, 84, 84), 4), RainbowNet(cfg, (4, 84, 84), 4)
+    x = torch.randint(0, 255, (32, 4, 84, 84), dtype=torch.uint8)
+    a = torch.randint(0, 255, (envs, 4, 84, 84), dtype=torch.uint8)
+
+    def work():  # one update + the acting forwards of the 4 agent steps it comes with
+        with torch.no_grad():
+            target.log_probs(x)
+            net(x)
+            for _ in range(4 // envs if envs < 4 else 1):
+                net(a)
+        net.log_probs(x).sum().backward()
+
+    work()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return 4 / statistics.median(times)
+
+
+def train(steps: int, envs: int, root: Path, tag: str) -> tuple[float, float]:
+    name = f"rainbow-{tag}"
+    cmd = [sys.executable, "-m", "runners.atari", "--agent", "rainbow", "--env", "Breakout", "--total-steps",
+           str(steps), "--set", f"env.num_envs={envs}", "--set", "rainbow.learning_starts=2000", "--set",
+           "rainbow.buffer_size=100000", "--set", "rainbow.iteration_steps=1000", "--set",
+           "run.checkpoint_steps=100000000", "--results-dir", str(root), "--experiment", "bench", "--run-name", name,
+           "--no-progress"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {proc.stderr[-2000:]}")
+    peak_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    with (root / "bench" / name / "metrics.csv").open() as f:
+        sps = [float(r["charts/sps"]) for r in csv.DictReader(f)]
+    return statistics.median(sps[3:]), peak_mb  # rows after learning starts (2,000 steps) and warm-up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=12000)
+    parser.add_argument("--envs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    ceilings, runs, peaks = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            ceilings.append(ceiling(args.envs))
+            sps, peak = train(args.steps, args.envs, Path(tmp), str(r))
+            runs.append(sps)
+            peaks.append(peak)
+            print(f"repeat {r}: training {sps:.1f} steps/s, ceiling {ceilings[-1]:.1f}, peak RSS {peak:.0f} MB",
+                  file=sys.stderr)
+    from runners.train import machine_description
+    m = machine_description(torch.device("cpu"))
+    c, s = statistics.median(ceilings), statistics.median(runs)
+    print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
+    print(f"command: python benchmarks/rainbow_atari_sps.py --steps {args.steps} --envs {args.envs} "
+          f"--repeats {args.repeats}\n")
+    print("| figure | median | runs |\n|---|---|---|")
+    print(f"| network-only ceiling (agent steps/s, eager fp32) | {c:.1f} | {', '.join(f'{v:.1f}' for v in ceilings)} |")
+    print(f"| rainbow training, learning phase, diagnostics on (agent steps/s) | {s:.1f} | "
+          f"{', '.join(f'{v:.1f}' for v in runs)} |")
+    print(f"| peak resident memory of the training process (MB) | {max(peaks):.0f} | |")
+    print(f"\nratio to the ceiling: {s / c:.2f}; to the 28 steps/s reference: {s / 28:.1f}x (target: >= 70 steps/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Rainbow's parts against hand-computed cases: sum tree, SMDP n-step targets, C51 projection, noisy
+layers, MASP, the macro wrapper, frame storage; and end-to-end runs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.per import SumTree
+from agents.rainbow import (NoisyLinear, masp_penalty, overlap_init, project_distribution, similarity)
+from agents.replay import ReplayBuffer
+from configs import ConfigError
+from envs import EnvConfig, make_vec_env
+from envs.macros import MacroVecEnv, make_macros, mine_ngrams
+
+
+# -- sum tree -----------------------------------------------------------------------------------
+
+def test_sum_tree_samples_in_proportion_to_priorities():
+    tree = SumTree(5)
+    tree.update(np.arange(4), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert tree.total == 10.0 and tree.capacity == 8
+    counts = np.bincount(np.concatenate([tree.sample(64, np.random.default_rng(s)) for s in range(400)]),
+                         minlength=8)
+    freq = counts / counts.sum()
+    assert freq[:4] == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.01)
+    assert counts[4:].sum() == 0
+
+
+def test_sum_tree_updates_and_finds_intervals():
+    tree = SumTree(4)
+    tree.update(np.array([0, 1, 2, 3]), np.array([1.0, 1.0, 1.0, 1.0]))
+    tree.update(np.array([2, 2]), np.array([5.0, 3.0]))  # duplicates: the last one wins
+    assert tree.total == 6.0 and tree.get(np.array([2]))[0] == 3.0
+    assert tree.find(np.array([0.5, 1.5, 2.0, 4.9, 5.5])).tolist() == [0, 1, 2, 2, 3]
+    assert tree.max_priority == 5.0
+    with pytest.raises(ValueError):
+        tree.update(np.array([0]), np.array([-1.0]))
+
+
+# -- SMDP n-step targets -------------------------------------------------------------------------
+
+def test_smdp_n_step_targets_discount_by_macro_length_and_stop_inside_episodes():
+    g = 0.5
+    buf = ReplayBuffer(20, 1, (1,), torch.float32, torch.device("cpu"))
+    # row 0: a 2-step macro (reward already discounted inside: 1 + g * 1), row 1: primitive,
+    # row 2: a 3-step macro that ended the episode after 2 of its steps (terminated), row 3: reset transition
+    for t, (r, k, term, valid) in enumerate([(1.5, 2, False, True), (2.0, 1, False, True), (4.0, 2, True, True),
+                                             (0.0, 1, False, False), (1.0, 1, False, True)]):
+        buf.add(torch.full((1, 1), float(t)), torch.zeros(1, dtype=torch.long), torch.tensor([r]), torch.tensor([term]),
+                torch.tensor([False]), torch.tensor([valid]), steps=torch.tensor([k]))
+    s = buf.gather(torch.tensor([0]), g, 2)
+    assert s.returns.item() == pytest.approx(1.5 + g ** 2 * 2.0)
+    assert s.discounts.item() == pytest.approx(g ** 3) and s.next_obs.item() == 2.0
+    s = buf.gather(torch.tensor([0]), g, 3)  # the episode terminates inside the third decision
+    assert s.returns.item() == pytest.approx(1.5 + g ** 2 * 2.0 + g ** 3 * 4.0) and s.discounts.item() == 0.0
+
+
+# -- C51 ------------------------------------------------------------------------------------------
+
+def test_c51_projection_hand_computed():
+    support = torch.tensor([0.0, 1.0, 2.0])
+    p = torch.tensor([[0.2, 0.5, 0.3]])
+    # r = 0.5, discount 0.5: z -> 0.5, 1.0, 1.5 -> masses split between neighbours
+    m = project_distribution(p, torch.tensor([0.5]), torch.tensor([0.5]), support)
+    assert m[0].tolist() == pytest.approx([0.1, 0.1 + 0.5 + 0.15, 0.15])
+    # terminal (discount 0) with r = 3 clips to v_max; r landing on an atom keeps all mass there
+    assert project_distribution(p, torch.tensor([3.0]), torch.tensor([0.0]), support)[0].tolist() == pytest.approx([0, 0, 1])
+    assert project_distribution(p, torch.tensor([1.0]), torch.tensor([0.0]), support)[0].tolist() == pytest.approx([0, 1, 0])
+    assert m.sum().item() == pytest.approx(1.0)
+
+
+def test_noisy_layer_uses_factorised_noise():
+    layer = NoisyLinear(3, 2, sigma0=0.5)
+    layer.reset_noise(torch.Generator().manual_seed(0))
+    f = lambda x: x.sign() * x.abs().sqrt()
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(layer.eps_in, f(torch.randn(3, generator=g)))
+    assert torch.allclose(layer.eps_out, f(torch.randn(2, generator=g)))
+    x = torch.randn(4, 3)
+    w = layer.weight_mu + layer.weight_sigma * torch.outer(layer.eps_out, layer.eps_in)
+    assert torch.allclose(layer(x), x @ w.T + layer.bias_mu + layer.bias_sigma * layer.eps_out)
+    assert torch.linalg.matrix_rank(torch.outer(layer.eps_out, layer.eps_in)) == 1
+    assert layer.weight_sigma[0, 0].item() == pytest.approx(0.5 / math.sqrt(3))
+
+
+# -- MASP -----------------------------------------------------------------------------------------
+
+def test_masp_penalty_is_zero_for_equal_q_values_and_hand_computed_otherwise():
+    s = similarity(torch.zeros(3, 3))
+    assert torch.allclose(s, 0.5 * (1 - torch.eye(3)))
+    assert masp_penalty(torch.full((4, 3), 2.0), s).item() == 0.0
+    q = torch.tensor([[0.0, 1.0, 3.0]])
+    # sum_{i != j} 0.5 (qi - qj)^2 = 0.5 * 2 * (1 + 9 + 4) = 14; sum S = 3
+    assert masp_penalty(q, s).item() == pytest.approx(14 / 3)
+
+
+def test_masp_meta_gradient_has_the_expected_sign_on_a_constructed_problem():
+    """Three actions: 0 and 1 have equal true values, 2 a very different one. One look-ahead step on the
+    penalty alone moves the Q-values; the meta-loss (distance to the true values) falls when 0 and 1 are
+    pulled together and rises when 0 and 2 are, so gradient descent on W raises S_01 and lowers S_02."""
+    head = torch.tensor([1.5, 0.5, 5.0], requires_grad=True)  # Q(s, a) for one state
+    w = torch.zeros(3, 3, requires_grad=True)
+    inner = masp_penalty(head[None, :], similarity(w))
+    (g,) = torch.autograd.grad(inner, [head], create_graph=True)
+    meta = ((head - 0.1 * g - torch.tensor([1.0, 1.0, 5.0])) ** 2).sum()
+    (grad_w,) = torch.autograd.grad(meta, [w])
+    sym = grad_w + grad_w.T
+    assert sym[0, 1] < 0  # descent raises the similarity of the equal-valued pair
+    assert sym[0, 2] > 0  # and lowers that of the dissimilar pair
+
+
+def test_overlap_initialisation():
+    w = overlap_init([[0], [1], [0, 0], [1, 1], [0, 1]])
+    assert w[0, 2] == 2.0 and w[2, 0] == 2.0 and w[1, 3] == 2.0 and w[0, 4] == 2.0 and w[2, 4] == 2.0
+    assert w[0, 1] == 0.0 and w[0, 3] == 0.0 and w[2, 2] == 0.0
+
+
+# -- macros ---------------------------------------------------------------------------------------
+
+def classic(num_envs=2):
+    cfg = EnvConfig(id="CartPole-v1", backend="envpool", num_envs=num_envs, threads=0, frame_skip=1, max_pool=True,
+                    sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
+                    max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+    return make_vec_env("classic", cfg, seed=0)
+
+
+def test_macro_specs():
+    assert make_macros("repeat:2,4", 2) == [[0, 0], [1, 1], [0, 0, 0, 0], [1, 1, 1, 1]]
+    assert make_macros("list:[[0, 1], [1, 1, 0]]", 2) == [[0, 1], [1, 1, 0]]
+    assert make_macros("", 3) == []
+    for bad, msg in [("repeat:1", ">= 2"), ("list:[[0, 5]]", "actions must be integers in"),
+                     ("chunks:2", "unknown macro spec"), ("list:[[0]]", "length >= 2")]:
+        with pytest.raises(ConfigError, match=msg):
+            make_macros(bad, 2)
+
+
+def test_macro_wrapper_reward_and_step_accounting():
+    env = MacroVecEnv(classic(), [[0, 1, 0]], gamma=0.5)
+    env.reset()
+    assert env.single_action_space.n == 3 and env.actions == [[0], [1], [0, 1, 0]]
+    s1 = env.step(np.array([2, 1]))  # env 0 starts the 3-step macro, env 1 a primitive
+    assert s1.completed.tolist() == [False, True] and s1.steps.tolist() == [0, 1] and s1.reward[1] == 1.0
+    s2 = env.step(np.array([0, 0]))  # env 0 ignores the new action: mid-macro
+    assert s2.completed.tolist() == [False, True]
+    s3 = env.step(np.array([0, 0]))
+    assert s3.completed.tolist() == [True, True] and s3.steps.tolist() == [3, 1]
+    assert s3.reward[0] == pytest.approx(1 + 0.5 + 0.25)  # CartPole pays 1 per step
+    # an episode that ends inside a macro stops it there
+    env = MacroVecEnv(classic(1), [[0] * 50], gamma=1.0)
+    env.reset()
+    step = env.step(np.array([2]))  # push left 50 times: the pole falls long before
+    while not step.completed[0]:
+        step = env.step(np.array([2]))
+    assert step.terminated[0] and step.steps[0] < 50 and step.reward[0] == step.steps[0]
+
+
+def test_ngram_mining_stays_within_episodes():
+    actions = np.array([[0], [1], [0], [1], [2], [0], [1]])
+    valid = np.array([[True], [True], [True], [True], [False], [True], [True]])
+    assert mine_ngrams(actions, valid, [2], top=1, num_primitives=3) == [[0, 1]]
+    assert mine_ngrams(actions, valid, [3], top=5, num_primitives=3) == [[0, 1, 0], [1, 0, 1]]
+
+
+# -- frame storage ----------------------------------------------------------------------------------
+
+def test_frame_storage_rebuilds_the_exact_stacks_across_episode_ends_and_ring_wrap():
+    cfg = EnvConfig(id="Pong", backend="ale", num_envs=2, threads=0, frame_skip=3, max_pool=True,
+                    sticky_action_prob=0.25, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=True,
+                    max_episode_frames=60, full_action_space=False, image_size=84, stack=4)
+    env = make_vec_env("atari", cfg, seed=0)
+    obs = torch.from_numpy(env.reset())
+    frames = ReplayBuffer(2 * 50, 2, (4, 84, 84), torch.uint8, torch.device("cpu"), frame_stack=True)
+    full = ReplayBuffer(2 * 50, 2, (4, 84, 84), torch.uint8, torch.device("cpu"))
+    prev_done = torch.zeros(2, dtype=torch.bool)
+    rng = np.random.default_rng(0)
+    for _ in range(130):  # episodes of 20 steps; the 50-row rings wrap
+        step = env.step(rng.integers(0, 6, 2))
+        args = (obs, torch.zeros(2, dtype=torch.long), torch.from_numpy(step.reward),
+                torch.from_numpy(step.terminated), torch.from_numpy(step.truncated), ~prev_done)
+        frames.add(*args)
+        full.add(*args)
+        prev_done = torch.from_numpy(step.terminated | step.truncated)
+        obs = torch.from_numpy(step.obs)
+    ok = frames.sampleable(1)
+    rows, envs = torch.nonzero(ok, as_tuple=True)
+    assert len(rows) > 60
+    assert torch.equal(frames.observation(rows, envs), full.observation(rows, envs))
+    assert frames.obs.numel() * 4 == full.obs.numel()
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agent", ["rainbow", "rainbow_masp"])
+def test_rainbow_runs_and_logs_replay_statistics_and_similarity(agent, tmp_path):
+    """(Exact resume of rainbow_masp is tested with the other agents in test_runner.py.)"""
+    from runners.cli import main
+    args = ["--agent", agent, "--env", "Breakout", "--set", "env.num_envs=2", "--set", "rainbow.learning_starts=200",
+            "--set", "rainbow.iteration_steps=200", "--set", "rainbow.buffer_size=2000", "--set",
+            "rainbow.masp_period=5", "--set", "diagnostics.interval=2", "--set", "diagnostics.probe_size=128",
+            "--results-dir", str(tmp_path), "--experiment", "t", "--no-progress"]
+    assert main("minatar", [*args, "--total-steps", "1000", "--run-name", "full"]) == 0
+    a = torch.load(tmp_path / "t" / "full" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
+    assert a["updates"] > 0
+    header = (tmp_path / "t" / "full" / "metrics.csv").read_text().splitlines()[0]
+    assert "replay/priority_mean" in header and "replay/sampled_age" in header
+    if agent == "rainbow_masp":
+        assert a["w"].shape == (3 * 3, 3 * 3) and "masp/similarity_mean" in header and "losses/masp" in header
+        events = list((tmp_path / "t" / "full" / "tb").glob("events.out.tfevents.*"))
+        assert events and b"masp/similarity" in events[0].read_bytes()  # the heatmap image
+        # the learned similarity initialises another run (transfer)
+        assert main("minatar", [*args, "--total-steps", "400", "--run-name", "transfer", "--similarity-from",
+                                str(tmp_path / "t" / "full")]) == 0
+        c = torch.load(tmp_path / "t" / "transfer" / "checkpoints" / "step_000000000000.pt", weights_only=False)
+        assert torch.equal(c["agent"]["w"], a["w"])
