@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.base import Agent, check_finite
+from agents.base import check_finite
 from agents.networks import build_network
+from agents.offpolicy import OffPolicyAgent
 from agents.replay import ReplayBuffer
 from configs import param
 from envs import Episode, VecEnv
@@ -66,7 +67,7 @@ class DQNConfig:
     sr_s2_ratio: float = param("Soft reset: posterior variance as a multiple of sigma0^2", min=0.0, min_exclusive=True)
 
 
-class DQN(Agent):
+class DQN(OffPolicyAgent):
     section = "dqn"
     config_class = DQNConfig
 
@@ -93,10 +94,6 @@ class DQN(Agent):
                                         generator=torch.Generator().manual_seed(seed + 1))
         self.updates = 0
         self.restart_episodes(envs.reset())
-
-    def epsilon(self) -> float:
-        c = self.cfg
-        return c.eps_end + (c.eps_start - c.eps_end) * max(0.0, 1.0 - self.env_steps / c.eps_decay_steps)
 
     # -- 1. act -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,13 +149,7 @@ class DQN(Agent):
             self.prev_done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
             self.next_obs = torch.from_numpy(step.obs).to(self.device)
             episodes.extend(step.episodes)
-            phases = (self.env_steps + self.num_envs) // cfg.train_frequency - self.env_steps // cfg.train_frequency
-            self.env_steps += self.num_envs
-            if self.env_steps >= cfg.learning_starts:
-                for _ in range(phases * cfg.gradient_steps):
-                    for k, v in self.learn().items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_updates += 1
+            n_updates += self.advance(self.num_envs, sums)
         self.iteration += 1
         metrics = {k: v / n_updates for k, v in sums.items()}
         metrics |= {"charts/epsilon": self.epsilon(), "charts/updates": self.updates}

@@ -49,8 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from agents.base import Agent, check_finite
-from agents.networks import Scale, minatar_cnn, mlp, nature_cnn
+from agents.base import check_finite
+from agents.networks import minatar_cnn, mlp, nature_cnn
+from agents.offpolicy import OffPolicyAgent
 from agents.per import SumTree
 from agents.replay import ReplayBuffer
 from configs import ConfigError, param
@@ -227,7 +228,7 @@ class RainbowNet(nn.Module):
 # The agent
 # ---------------------------------------------------------------------------------------
 
-class Rainbow(Agent):
+class Rainbow(OffPolicyAgent):
     section = "rainbow"
     config_class = RainbowConfig
 
@@ -268,10 +269,7 @@ class Rainbow(Agent):
 
     # -- 1. act -----------------------------------------------------------------------------------
     def epsilon(self) -> float:
-        if self.cfg.noisy:
-            return 0.0
-        c = self.cfg
-        return c.eps_end + (c.eps_start - c.eps_end) * max(0.0, 1.0 - self.env_steps / c.eps_decay_steps)
+        return 0.0 if self.cfg.noisy else super().epsilon()
 
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
@@ -411,13 +409,7 @@ class Rainbow(Agent):
             self.decide = completed
             self.next_obs = torch.from_numpy(step.obs).to(self.device)
             episodes.extend(step.episodes)
-            phases = (self.env_steps + self.num_envs) // cfg.train_frequency - self.env_steps // cfg.train_frequency
-            self.env_steps += self.num_envs
-            if self.env_steps >= cfg.learning_starts and len(self.replay) > cfg.batch_size * 2:
-                for _ in range(phases * cfg.gradient_steps):
-                    for k, v in self.learn().items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_updates += 1
+            n_updates += self.advance(self.num_envs, sums)
         self.iteration += 1
         metrics = {k: v / n_updates for k, v in sums.items()}
         metrics |= {"charts/updates": self.updates, "charts/epsilon": self.epsilon(), "replay/beta": self.beta()}
@@ -428,6 +420,9 @@ class Rainbow(Agent):
             metrics |= {"masp/similarity_mean": float(off.mean()), "masp/similarity_max": float(off.max()),
                         "masp/meta_seconds_total": self.meta_seconds}
         return metrics, episodes
+
+    def ready(self) -> bool:
+        return len(self.replay) > self.cfg.batch_size * 2
 
     def _prioritize_new_rows(self, completed: Tensor) -> None:
         """Rows that now have n successors in their ring become sampleable at the maximum priority."""

@@ -48,3 +48,17 @@ def test_ppo_pfo_learns_minatar_breakout_well_above_random(tmp_path):
     random_return = random_policy_return("minatar", "Breakout")
     summary = train("minatar", ["--agent", "ppo_pfo", "--seed", "2", "--total-steps", "100000"], tmp_path, "pfo")
     assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), (summary, random_return)
+
+
+def test_rainbow_learns_cartpole_clearly_above_random(tmp_path):
+    random_return = random_policy_return("classic", "CartPole-v1")
+    summary = train("classic", ["--agent", "rainbow", "--seed", "1", "--total-steps", "20000",
+                                "--set", "rainbow.train_frequency=2"], tmp_path, "rainbow")
+    assert summary["return_mean_last100"] >= max(4 * random_return, 100), (summary["return_mean_last100"], random_return)
+
+
+def test_der_learns_minatar_breakout_clearly_above_random(tmp_path):
+    random_return = random_policy_return("minatar", "Breakout")
+    summary = train("minatar", ["--agent", "der", "--seed", "1", "--total-steps", "30000", "--set",
+                                "rainbow.train_frequency=4", "--set", "env.num_envs=4"], tmp_path, "der")
+    assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), (summary["return_mean_last100"], random_return)
