@@ -135,27 +135,20 @@ class DQN(OffPolicyAgent):
             self.target.load_state_dict(self.q.state_dict())
         return {"losses/td": float(loss)}
 
-    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
-        cfg = self.cfg
-        episodes: list[Episode] = []
-        sums: dict[str, float] = {}
-        n_updates = 0
-        for _ in range(self.steps_per_iteration // self.num_envs):
-            actions = self.act(self.next_obs)
-            step = self.envs.step(actions.numpy())
-            self.replay.add(self.next_obs, actions.to(self.device), torch.from_numpy(step.reward).to(self.device),
-                            torch.from_numpy(step.terminated).to(self.device),
-                            torch.from_numpy(step.truncated).to(self.device), ~self.prev_done)
-            self.prev_done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
-            self.next_obs = torch.from_numpy(step.obs).to(self.device)
-            episodes.extend(step.episodes)
-            n_updates += self.advance(self.num_envs, sums)
-        self.iteration += 1
-        metrics = {k: v / n_updates for k, v in sums.items()}
-        metrics |= {"charts/epsilon": self.epsilon(), "charts/updates": self.updates}
-        if self.soft_reset is not None and n_updates:
-            metrics |= {f"soft_reset/gamma/q/{layer}": g for layer, g in self.soft_reset.gamma_summary().items()}
-        return metrics, episodes
+    def collect_step(self) -> list[Episode]:
+        actions = self.act(self.next_obs)
+        step = self.envs.step(actions.numpy())
+        self.replay.add(self.next_obs, actions.to(self.device), torch.from_numpy(step.reward).to(self.device),
+                        torch.from_numpy(step.terminated).to(self.device),
+                        torch.from_numpy(step.truncated).to(self.device), ~self.prev_done)
+        self.prev_done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
+        self.next_obs = torch.from_numpy(step.obs).to(self.device)
+        return step.episodes
+
+    def iteration_metrics(self, n_updates: int) -> dict[str, float]:
+        if self.soft_reset is None or not n_updates:
+            return {}
+        return {f"soft_reset/gamma/q/{layer}": g for layer, g in self.soft_reset.gamma_summary().items()}
 
     def _recent_obs(self, n: int) -> Tensor | None:
         return self.replay.recent(n)

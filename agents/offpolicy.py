@@ -2,11 +2,27 @@
 from __future__ import annotations
 
 from agents.base import Agent
+from envs import Episode
 
 
 class OffPolicyAgent(Agent):
-    """Subclasses provide ``learn() -> dict`` (one gradient update) and a config with ``eps_start``,
-    ``eps_end``, ``eps_decay_steps``, ``learning_starts``, ``train_frequency`` and ``gradient_steps``."""
+    """Subclasses provide ``collect_step()`` (act once in every environment and store the
+    transitions), ``learn()`` (one gradient update), ``iteration_metrics()`` and a config with
+    ``eps_start``, ``eps_end``, ``eps_decay_steps``, ``learning_starts``, ``train_frequency`` and
+    ``gradient_steps``."""
+
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
+        """One iteration: ``steps_per_iteration`` agent steps, each followed by the updates it makes due."""
+        episodes: list[Episode] = []
+        sums: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(self.steps_per_iteration // self.num_envs):
+            episodes.extend(self.collect_step())
+            n_updates += self.advance(self.num_envs, sums)
+        self.iteration += 1
+        metrics = {k: v / n_updates for k, v in sums.items()}
+        metrics |= {"charts/epsilon": self.epsilon(), "charts/updates": self.updates}
+        return metrics | self.iteration_metrics(n_updates), episodes
 
     def epsilon(self) -> float:
         """Linear decay from eps_start to eps_end over eps_decay_steps agent steps."""
@@ -33,5 +49,12 @@ class OffPolicyAgent(Agent):
     def ready(self) -> bool:
         return True
 
+    def collect_step(self) -> list[Episode]:
+        raise NotImplementedError
+
     def learn(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def iteration_metrics(self, n_updates: int) -> dict[str, float]:
+        """Agent-specific metrics at the end of an iteration (``n_updates`` updates ran in it)."""
+        return {}

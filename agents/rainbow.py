@@ -381,45 +381,38 @@ class Rainbow(OffPolicyAgent):
             self.w -= cfg.masp_lr * grad_w
         return float(meta.detach())
 
-    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
-        cfg = self.cfg
-        episodes: list[Episode] = []
-        sums: dict[str, float] = {}
-        n_updates = 0
-        for _ in range(self.steps_per_iteration // self.num_envs):
-            chosen = self.act(self.next_obs)
-            actions = torch.where(self.decide, chosen, self.pending_action)
-            self.pending_action = actions
-            self.pending_obs = torch.where(self.decide.to(self.device).view(-1, *[1] * (self.next_obs.dim() - 1)),
-                                           self.next_obs, self.pending_obs)
-            self.pending_valid = torch.where(self.decide, ~self.prev_done, self.pending_valid)
-            step = self.envs.step(actions.numpy())
-            done = torch.from_numpy(step.terminated | step.truncated)
-            completed = torch.from_numpy(step.completed)
-            if completed.any():
-                flat = self.replay.add(self.pending_obs, actions.to(self.device),
-                                       torch.from_numpy(step.reward).to(self.device),
-                                       torch.from_numpy(step.terminated).to(self.device),
-                                       torch.from_numpy(step.truncated).to(self.device),
-                                       self.pending_valid.to(self.device), torch.from_numpy(step.steps).to(self.device),
-                                       mask=completed)
-                self.tree.update(flat.cpu().numpy(), np.zeros(flat.numel()))  # sampleable only later
-                self._prioritize_new_rows(completed)
-                self.prev_done = torch.where(completed, done, self.prev_done)
-            self.decide = completed
-            self.next_obs = torch.from_numpy(step.obs).to(self.device)
-            episodes.extend(step.episodes)
-            n_updates += self.advance(self.num_envs, sums)
-        self.iteration += 1
-        metrics = {k: v / n_updates for k, v in sums.items()}
-        metrics |= {"charts/updates": self.updates, "charts/epsilon": self.epsilon(), "replay/beta": self.beta()}
-        metrics |= self.replay_statistics()
+    def collect_step(self) -> list[Episode]:
+        chosen = self.act(self.next_obs)
+        actions = torch.where(self.decide, chosen, self.pending_action)
+        self.pending_action = actions
+        self.pending_obs = torch.where(self.decide.to(self.device).view(-1, *[1] * (self.next_obs.dim() - 1)),
+                                       self.next_obs, self.pending_obs)
+        self.pending_valid = torch.where(self.decide, ~self.prev_done, self.pending_valid)
+        step = self.envs.step(actions.numpy())
+        done = torch.from_numpy(step.terminated | step.truncated)
+        completed = torch.from_numpy(step.completed)
+        if completed.any():
+            flat = self.replay.add(self.pending_obs, actions.to(self.device),
+                                   torch.from_numpy(step.reward).to(self.device),
+                                   torch.from_numpy(step.terminated).to(self.device),
+                                   torch.from_numpy(step.truncated).to(self.device),
+                                   self.pending_valid.to(self.device), torch.from_numpy(step.steps).to(self.device),
+                                   mask=completed)
+            self.tree.update(flat.cpu().numpy(), np.zeros(flat.numel()))  # sampleable only later
+            self._prioritize_new_rows(completed)
+            self.prev_done = torch.where(completed, done, self.prev_done)
+        self.decide = completed
+        self.next_obs = torch.from_numpy(step.obs).to(self.device)
+        return step.episodes
+
+    def iteration_metrics(self, n_updates: int) -> dict[str, float]:
+        metrics = {"replay/beta": self.beta()} | self.replay_statistics()
         if self.cfg.masp_coef > 0:
             s = similarity(self.w)
             off = s[~torch.eye(self.num_actions, dtype=torch.bool, device=s.device)]
             metrics |= {"masp/similarity_mean": float(off.mean()), "masp/similarity_max": float(off.max()),
                         "masp/meta_seconds_total": self.meta_seconds}
-        return metrics, episodes
+        return metrics
 
     def ready(self) -> bool:
         return len(self.replay) > self.cfg.batch_size * 2

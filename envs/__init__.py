@@ -108,4 +108,21 @@ def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
     return GymVecEnv(lambda: gym.make(env_id, max_episode_steps=limit), cfg.num_envs, seed)
 
 
-__all__ = ["EnvConfig", "Episode", "SUITES", "VecEnv", "VecStep", "canonical_id", "list_envs", "make_vec_env"]
+def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0) -> float:
+    """Mean return of uniformly random actions over ``episodes`` episodes (MinAtar and classic control)."""
+    import numpy as np
+    cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
+                    sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
+                    max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+    env = make_vec_env(suite, cfg, seed)
+    env.reset()
+    rng = np.random.default_rng(seed)
+    returns: list[float] = []
+    while len(returns) < episodes:
+        returns += [e.ret for e in env.step(rng.integers(0, env.single_action_space.n, cfg.num_envs)).episodes]
+    env.close()
+    return float(np.mean(returns))
+
+
+__all__ = ["EnvConfig", "Episode", "SUITES", "VecEnv", "VecStep", "canonical_id", "list_envs", "make_vec_env",
+           "random_policy_return"]

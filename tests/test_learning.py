@@ -1,10 +1,9 @@
 """Learning checks: the agents must actually learn (slow: minutes on 2 CPU cores; run in CI)."""
 import json
 
-import numpy as np
 import pytest
 
-from envs import EnvConfig, make_vec_env
+from envs import random_policy_return
 from runners.cli import main
 
 pytestmark = pytest.mark.slow
@@ -15,19 +14,6 @@ def train(suite, args, tmp_path, name):
                       "--no-progress", "--set", "diagnostics.enabled=false"])
     assert rc == 0
     return json.loads((tmp_path / "learn" / name / "summary.json").read_text())
-
-
-def random_policy_return(suite, env_id, episodes=100, seed=0):
-    cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
-                    sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
-                    max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
-    env = make_vec_env(suite, cfg, seed)
-    env.reset()
-    rng = np.random.default_rng(seed)
-    returns = []
-    while len(returns) < episodes:
-        returns += [e.ret for e in env.step(rng.integers(0, env.single_action_space.n, 8)).episodes]
-    return float(np.mean(returns))
 
 
 def test_ppo_solves_cartpole_within_150k_steps_in_most_seeds(tmp_path):
