@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import check_finite
-from agents.networks import build_network
-from agents.offpolicy import OffPolicyAgent
+from agents.networks import build_network, to_channels_last
+from agents.offpolicy import OffPolicyAgent, OffPolicyConfig
 from agents.replay import ReplayBuffer
 from configs import param
 from envs import Episode, VecEnv
@@ -39,27 +39,10 @@ from plasticity.soft_reset import SoftReset
 
 
 @dataclass
-class DQNConfig:
+class DQNConfig(OffPolicyConfig):
     """DQN hyperparameters (defaults: CleanRL dqn_atari.py / Mnih et al. 2015)."""
-    network: str = param("Q-network body", choices=("nature_cnn", "minatar_cnn", "mlp"))
     hidden: int = param("Width of the last hidden layer", min=1)
     activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
-    buffer_size: int = param("Replay capacity in agent steps", min=1)
-    batch_size: int = param("Minibatch size", min=1)
-    lr: float = param("Adam learning rate", min=0.0, min_exclusive=True)
-    adam_eps: float = param("Adam epsilon", min=0.0, min_exclusive=True)
-    gamma: float = param("Discount factor", min=0.0, max=1.0)
-    n_step: int = param("n of the n-step return", min=1)
-    double: bool = param("Double-DQN target (online argmax, target evaluation)")
-    target_update_period: int = param("Gradient updates between target-network copies", min=1)
-    train_frequency: int = param("Agent steps (summed over envs) between training phases", min=1)
-    gradient_steps: int = param("Gradient updates per training phase (the replay ratio's numerator)", min=1)
-    learning_starts: int = param("Agent steps of experience before the first update", min=0)
-    eps_start: float = param("Initial exploration epsilon", min=0.0, max=1.0)
-    eps_end: float = param("Final exploration epsilon", min=0.0, max=1.0)
-    eps_decay_steps: int = param("Agent steps over which epsilon decays linearly", min=1)
-    max_grad_norm: float = param("Gradient norm clip (0: off)", min=0.0)
-    iteration_steps: int = param("Agent steps per iteration (logging/diagnostics unit)", min=1)
     soft_reset: bool = param("Train the Q-network with the soft-reset learner (Galashov et al. 2024)")
     sr_per: str = param("Soft reset: one drift gamma per layer or per parameter", choices=("layer", "parameter"))
     sr_lr_gamma: float = param("Soft reset: step size of the gamma ascent", min=0.0)
@@ -80,6 +63,8 @@ class DQN(OffPolicyAgent):
         self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
         self.q = interventions.prepare(build_network(cfg.network, obs_space.shape, self.num_actions, cfg.hidden,
                                                      cfg.activation)).to(device)
+        if cfg.channels_last and len(obs_space.shape) == 3:
+            to_channels_last(self.q)
         self.target = copy.deepcopy(self.q)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32

@@ -26,15 +26,26 @@ class Scale(nn.Module):
     def __init__(self, factor: float):
         super().__init__()
         self.factor = factor
+        self.memory_format = torch.preserve_format  # channels-last: see ``to_channels_last``
 
     def forward(self, x: Tensor) -> Tensor:
         kind = x.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
-        x = x.to(dtype)
+        x = x.to(dtype, memory_format=self.memory_format if x.dim() == 4 else torch.preserve_format)
         return x * self.factor if self.factor != 1.0 else x
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
+
+
+def to_channels_last(net: nn.Module) -> nn.Module:
+    """Conv weights, and through ``Scale`` the inputs, in channels-last layout: the same maths,
+    faster oneDNN convolutions on CPU (the cast to float does the layout change in the same copy)."""
+    net.to(memory_format=torch.channels_last)
+    for module in net.modules():
+        if isinstance(module, Scale):
+            module.memory_format = torch.channels_last
+    return net
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:

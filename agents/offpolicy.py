@@ -1,8 +1,36 @@
-"""What the replay-based agents (DQN, Rainbow) share: exploration schedule and the update cadence."""
+"""What the replay-based agents (DQN, Rainbow) share: their common settings, the exploration
+schedule and the update cadence."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agents.base import Agent
+from configs import param
 from envs import Episode
+
+
+@dataclass
+class OffPolicyConfig:
+    """Settings every replay-based agent has; the agents' configs add their own."""
+    network: str = param("Q-network body: nature_cnn (Atari), minatar_cnn, mlp",
+                         choices=("nature_cnn", "minatar_cnn", "mlp"))
+    channels_last: bool = param("Run conv nets in channels-last layout (same maths, faster on CPU)")
+    buffer_size: int = param("Replay capacity in transitions (agent decisions)", min=1)
+    batch_size: int = param("Minibatch size", min=1)
+    lr: float = param("Adam learning rate", min=0.0, min_exclusive=True)
+    adam_eps: float = param("Adam epsilon", min=0.0, min_exclusive=True)
+    max_grad_norm: float = param("Gradient norm clip (0: off)", min=0.0)
+    gamma: float = param("Discount factor per primitive step", min=0.0, max=1.0)
+    n_step: int = param("n of the n-step return (in decisions)", min=1)
+    double: bool = param("Double-Q target: the online network picks the bootstrap action")
+    target_update_period: int = param("Gradient updates between target-network copies", min=1)
+    learning_starts: int = param("Agent steps of experience before the first update", min=0)
+    train_frequency: int = param("Agent steps (summed over envs) between training phases", min=1)
+    gradient_steps: int = param("Gradient updates per training phase (the replay ratio's numerator)", min=1)
+    eps_start: float = param("Initial exploration epsilon (Rainbow: only without noisy nets)", min=0.0, max=1.0)
+    eps_end: float = param("Final exploration epsilon (Rainbow: only without noisy nets)", min=0.0, max=1.0)
+    eps_decay_steps: int = param("Agent steps over which epsilon decays linearly", min=1)
+    iteration_steps: int = param("Agent steps per iteration (logging/diagnostics unit)", min=1)
 
 
 class OffPolicyAgent(Agent):

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import Agent, check_finite
-from agents.networks import build_network, forward_with_preactivations, orthogonal_init
+from agents.networks import build_network, forward_with_preactivations, orthogonal_init, to_channels_last
 from configs import ConfigError, param
 from envs import Episode, VecEnv
 from plasticity.interventions import Interventions
@@ -175,9 +175,11 @@ class PPO(Agent):
         else:
             self.critic = interventions.prepare(critic)
         self.channels_last = cfg.channels_last and len(obs_space.shape) == 3
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.actor.to(device, memory_format=fmt)
-        self.critic.to(device, memory_format=fmt)
+        self.actor.to(device)
+        self.critic.to(device)
+        if self.channels_last:
+            to_channels_last(self.actor)
+            to_channels_last(self.critic)
         # the update scales each minibatch once and feeds both networks (their Scale modules are equal)
         self._actor_trunk, self._critic_tail = self.actor[1:-1], self.critic[1:]
 
@@ -216,15 +218,12 @@ class PPO(Agent):
         self.restart_episodes(envs.reset())
 
     # -- forward passes ----------------------------------------------------------------------
-    def _input(self, obs: Tensor) -> Tensor:
-        return obs.contiguous(memory_format=torch.channels_last) if self.channels_last else obs
-
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def _scaled(self, obs: Tensor) -> Tensor:
         with self._autocast():
-            return self.actor.scale(self._input(obs))
+            return self.actor.scale(obs)
 
     def _policy(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, phi) from scaled observations; phi = penultimate pre-activations (or all layers')."""

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from agents.base import check_finite
-from agents.networks import minatar_cnn, mlp, nature_cnn
-from agents.offpolicy import OffPolicyAgent
+from agents.networks import minatar_cnn, mlp, nature_cnn, to_channels_last
+from agents.offpolicy import OffPolicyAgent, OffPolicyConfig
 from agents.per import SumTree
 from agents.replay import ReplayBuffer
 from configs import ConfigError, param
@@ -61,9 +61,8 @@ from plasticity.interventions import Interventions
 
 
 @dataclass
-class RainbowConfig:
+class RainbowConfig(OffPolicyConfig):
     """Rainbow / DER / macro / MASP hyperparameters (defaults: Hessel et al. 2018)."""
-    network: str = param("Trunk: nature_cnn (Atari), minatar_cnn, mlp", choices=("nature_cnn", "minatar_cnn", "mlp"))
     hidden: int = param("Width of the dueling streams' hidden layer", min=1)
     atoms: int = param("C51 atoms", min=2)
     v_min: float = param("Lowest return of the C51 support")
@@ -71,25 +70,9 @@ class RainbowConfig:
     noisy: bool = param("Noisy-net heads for exploration (else epsilon-greedy)")
     noisy_sigma0: float = param("Initial noise scale sigma_0 of factorised noisy layers", min=0.0)
     dueling: bool = param("Dueling value/advantage heads")
-    double: bool = param("Double-Q: online network picks the bootstrap action")
-    n_step: int = param("n of the n-step return (in decisions)", min=1)
-    gamma: float = param("Discount per primitive step", min=0.0, max=1.0)
-    buffer_size: int = param("Replay capacity in decisions", min=1)
-    batch_size: int = param("Minibatch size", min=1)
-    lr: float = param("Adam learning rate", min=0.0, min_exclusive=True)
-    adam_eps: float = param("Adam epsilon", min=0.0, min_exclusive=True)
-    max_grad_norm: float = param("Gradient norm clip (0: off)", min=0.0)
-    learning_starts: int = param("Agent steps before the first update", min=0)
-    train_frequency: int = param("Agent steps between training phases", min=1)
-    gradient_steps: int = param("Updates per training phase", min=1)
-    target_update_period: int = param("Updates between target-network copies", min=1)
     priority_alpha: float = param("Prioritization exponent alpha (0: uniform replay)", min=0.0)
     priority_beta0: float = param("Initial importance-sampling exponent beta (annealed to 1)", min=0.0, max=1.0)
     priority_eps: float = param("Added to priorities so that none is zero", min=0.0)
-    eps_start: float = param("Epsilon-greedy start (only without noisy nets)", min=0.0, max=1.0)
-    eps_end: float = param("Epsilon-greedy end (only without noisy nets)", min=0.0, max=1.0)
-    eps_decay_steps: int = param("Agent steps of epsilon decay (only without noisy nets)", min=1)
-    iteration_steps: int = param("Agent steps per iteration (logging/diagnostics unit)", min=1)
     macros: str = param("Macro-actions: '' (none), repeat:2,4, list:[[a,b],...] or file:PATH (envs/macros.py)")
     masp_coef: float = param("MASP penalty weight lambda (0: no penalty)", min=0.0)
     masp_lr: float = param("Meta step size of the similarity logits W", min=0.0)
@@ -172,9 +155,10 @@ class NoisyLinear(nn.Module):
         self.eps_out.copy_(self._f(torch.randn(self.out_features, generator=gen)))
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        # (sigma * eps_out eps_in^T) x = eps_out * (sigma (eps_in * x)): the same layer without forming
+        # the (out, in) noisy weight at every call (a 3136 x 512 matrix on Atari)
         bias = self.bias_mu + self.bias_sigma * self.eps_out
-        return F.linear(x, weight, bias)
+        return F.linear(x, self.weight_mu, bias) + F.linear(x * self.eps_in, self.weight_sigma) * self.eps_out
 
 
 class RainbowNet(nn.Module):
@@ -245,6 +229,8 @@ class Rainbow(OffPolicyAgent):
         self.num_envs = envs.num_envs
         self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
         self.net = RainbowNet(cfg, obs_space.shape, self.num_actions).to(device)
+        if cfg.channels_last and len(obs_space.shape) == 3:
+            to_channels_last(self.net)
         self.target = copy.deepcopy(self.net)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
         interventions.attach({"q": self.net}, [self.optimizer])

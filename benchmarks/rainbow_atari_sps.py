@@ -10,7 +10,8 @@ measured iteration trains. Each repeat alternates
 1. the network-only ceiling: per 4 agent steps, one update's network work (online forward +
    backward at batch 32, plus the target and online forwards on the next states for the double
    target) and 4 acting forwards at batch 1 (the envs' batch here is 4, one forward for all),
-   eager fp32, as agent steps per second;
+   eager fp32, as agent steps per second (the issue's definition: default memory layout), and
+   the same in channels-last layout, as the agent runs by default (``rainbow.channels_last``);
 2. a short training run through the real runner (``runners.atari``).
 
 Reports medians, peak resident memory of the training process, and the ratio. Reference (the
@@ -35,11 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 
 
-def ceiling(envs: int, repeats: int = 10) -> float:
+def ceiling(envs: int, channels_last: bool, repeats: int = 10) -> float:
+    from agents.networks import to_channels_last
     from agents.rainbow import RainbowConfig, RainbowNet
     from configs import CONFIG_DIR, build_section, read_yaml
     cfg = build_section(RainbowConfig, read_yaml(CONFIG_DIR / "rainbow.yaml")[0]["rainbow"], "rainbow")
     net, target = RainbowNet(cfg, (4, 84, 84), 4), RainbowNet(cfg, (4, 84, 84), 4)
+    if channels_last:
+        to_channels_last(net), to_channels_last(target)
     x = torch.randint(0, 255, (32, 4, 84, 84), dtype=torch.uint8)
     a = torch.randint(0, 255, (envs, 4, 84, 84), dtype=torch.uint8)
 
@@ -83,10 +87,11 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    ceilings, runs, peaks = [], [], []
+    ceilings, ceilings_cl, runs, peaks = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            ceilings.append(ceiling(args.envs))
+            ceilings.append(ceiling(args.envs, channels_last=False))
+            ceilings_cl.append(ceiling(args.envs, channels_last=True))
             sps, peak = train(args.steps, args.envs, Path(tmp), str(r))
             runs.append(sps)
             peaks.append(peak)
@@ -100,6 +105,8 @@ def main() -> None:
           f"--repeats {args.repeats}\n")
     print("| figure | median | runs |\n|---|---|---|")
     print(f"| network-only ceiling (agent steps/s, eager fp32) | {c:.1f} | {', '.join(f'{v:.1f}' for v in ceilings)} |")
+    print(f"| network-only ceiling, channels-last as the agent runs (agent steps/s) | "
+          f"{statistics.median(ceilings_cl):.1f} | {', '.join(f'{v:.1f}' for v in ceilings_cl)} |")
     print(f"| rainbow training, learning phase, diagnostics on (agent steps/s) | {s:.1f} | "
           f"{', '.join(f'{v:.1f}' for v in runs)} |")
     print(f"| peak resident memory of the training process (MB) | {max(peaks):.0f} | |")

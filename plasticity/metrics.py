@@ -57,9 +57,11 @@ def feature_rank(s: Tensor, n: int, eps: float = 0.01) -> int:
     return int((s / math.sqrt(n) > eps).sum())
 
 
-def numerical_rank(phi: Tensor) -> int:
-    """torch.linalg.matrix_rank with its default tolerance."""
-    return int(torch.linalg.matrix_rank(phi.detach().to(torch.float64)))
+def numerical_rank(s: Tensor, shape: tuple[int, int]) -> int:
+    """Rank by ``torch.linalg.matrix_rank``'s default tolerance: s_i > s_max * max(n, d) * eps (float64)."""
+    if s.numel() == 0:
+        return 0
+    return int((s > s[0] * max(shape) * torch.finfo(s.dtype).eps).sum())
 
 
 def stable_rank(s: Tensor) -> float:
@@ -81,7 +83,7 @@ def rank_metrics(phi: Tensor, srank_delta: float = 0.01) -> dict[str, float] | N
         "effective_rank": effective_rank(s),
         "approx_rank": approximate_rank(s),
         "feature_rank": feature_rank(s, n),
-        "numerical_rank": numerical_rank(phi),
+        "numerical_rank": numerical_rank(s, (n, d)),
         "stable_rank": stable_rank(s),
     }
 
@@ -90,9 +92,12 @@ def rank_metrics(phi: Tensor, srank_delta: float = 0.01) -> dict[str, float] | N
 # Dead, dormant and linearised units
 # ---------------------------------------------------------------------------------------
 
-def _per_unit(x: Tensor) -> Tensor:
-    """(n, C, ...) -> (n, C, m): units are channels; spatial positions become extra samples."""
-    return x.detach().reshape(x.shape[0], x.shape[1], -1)
+def _sample_dims(x: Tensor) -> tuple[int, ...]:
+    """The dims a per-unit statistic reduces over: (n, C, ...) -> all but C (spatial positions are samples).
+
+    Reductions over these dims read channels-last tensors in place, without a reshaping copy.
+    """
+    return (0, *range(2, x.ndim))
 
 
 def dead_mask(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3) -> Tensor:
@@ -101,10 +106,10 @@ def dead_mask(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3) ->
     relu/leaky_relu/gelu-like: post-activation <= 0 on every sample (and position);
     tanh/sigmoid: standard deviation of the post-activation below ``tanh_std``.
     """
-    u = _per_unit(post)
+    post = post.detach()
     if activation in ("tanh", "sigmoid"):
-        return u.transpose(0, 1).reshape(u.shape[1], -1).std(dim=1) < tanh_std
-    return (u <= 0).all(dim=2).all(dim=0)
+        return post.std(dim=_sample_dims(post)) < tanh_std
+    return post.amax(dim=_sample_dims(post)) <= 0
 
 
 def dead_fraction(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3) -> float:
@@ -113,7 +118,8 @@ def dead_fraction(post: Tensor, activation: str = "relu", tanh_std: float = 1e-3
 
 def dormant_scores(post: Tensor) -> Tensor:
     """Sokar et al. 2023: E|h_i| / mean_k E|h_k| per unit (conv: mean over batch and space)."""
-    mean_abs = _per_unit(post).abs().mean(dim=(0, 2))
+    post = post.detach()
+    mean_abs = post.abs().mean(dim=_sample_dims(post))
     norm = mean_abs.mean()
     return mean_abs / norm if norm > 0 else torch.zeros_like(mean_abs)
 
@@ -129,12 +135,14 @@ def dormant_fraction(post: Tensor, tau: float = 0.025) -> float:
 
 def zombie_fraction(pre: Tensor) -> float:
     """Lyle et al. 2024: ReLU units whose input is positive on every sample (they act linearly)."""
-    return float((_per_unit(pre) > 0).all(dim=2).all(dim=0).float().mean())
+    pre = pre.detach()
+    return float((pre.amin(dim=_sample_dims(pre)) > 0).float().mean())
 
 
 def feature_norm(x: Tensor) -> float:
     """Mean over samples of the L2 norm of each sample's (flattened) features."""
-    return float(x.detach().reshape(x.shape[0], -1).norm(dim=1).mean())
+    x = x.detach()
+    return float(torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim))).mean())
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,6 +159,15 @@ def tensor_norm(tensors: list[Tensor] | Tensor) -> float:
 def update_norm(before: list[Tensor], after: list[Tensor]) -> float:
     """||theta_after - theta_before|| over a list of parameters."""
     return tensor_norm([a.detach() - b for a, b in zip(after, before, strict=True)])
+
+
+def group_norms(tensors: list[Tensor], group: Tensor, n_groups: int) -> Tensor:
+    """Global L2 norm of each group of tensors (tensor i is in group ``group[i]``), as one float32 tensor.
+
+    Fused per-tensor norms (as in ``clip_grad_norm_``): a few kernels for a whole network.
+    """
+    norms = torch.stack([n.float() for n in torch._foreach_norm([t.detach() for t in tensors])])
+    return torch.zeros(n_groups, device=norms.device).index_add_(0, group, norms.square()).sqrt()
 
 
 def update_ratio(update: float, weight: float) -> float:
@@ -175,10 +192,11 @@ def activation_pattern_change(pre_before: Tensor, pre_after: Tensor) -> float:
 
 
 def feature_kernel(features: Tensor) -> Tensor:
-    """C = f f^T / ||f||_F^2 for an (n, d) feature matrix (flattened per sample): an (n, n) kernel."""
-    f = features.detach().reshape(features.shape[0], -1).to(torch.float64)
-    norm = f.pow(2).sum()
-    return f @ f.T / norm if norm > 0 else torch.zeros(f.shape[0], f.shape[0], dtype=torch.float64)
+    """C = f f^T / ||f||_F^2 for an (n, d) feature matrix (flattened per sample): an (n, n) float32 kernel."""
+    f = features.detach().reshape(features.shape[0], -1).float()
+    gram = f @ f.T
+    norm = gram.trace()  # = ||f||_F^2
+    return gram / norm if norm > 0 else torch.zeros_like(gram)
 
 
 def kernel_change(kernel_before: Tensor, kernel_after: Tensor) -> float:

@@ -80,11 +80,22 @@ class PlasticityMonitor:
                 for p in group["params"]:
                     if id(p) in owner:
                         self._group.setdefault(owner[id(p)], (opt, index))
+        # per optimiser: the parameters of the layers it steps, in one flat list, and each one's layer
+        # index, so that a tracked step costs a few fused kernels rather than a loop over tensors
+        self._tracked: dict[int, tuple[list[tuple[str, str]], list[nn.Parameter], Tensor]] = {}
+        for opt in optimizers:
+            keys = [key for key, (o, _) in self._group.items() if o is opt]
+            params = [p for key in keys for p in self._layers[key]]
+            if params:
+                index = torch.tensor([i for i, key in enumerate(keys) for _ in self._layers[key]],
+                                     device=params[0].device)
+                self._tracked[id(opt)] = (keys, params, index)
         self._tracking = False
         self.always_track = False
-        self._before: dict[tuple[str, str], list[Tensor]] = {}
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
+        self._before: dict[int, list[Tensor]] = {}  # per optimiser: parameters before the step (buffers reused until collect)
+        self._pending: set[int] = set()  # optimisers between a tracked pre-step and its post-step
+        self._sums: dict[tuple[int, str], Tensor] = {}  # (optimiser, metric) -> per-layer sums over steps
+        self._counts: dict[tuple[int, str], int] = defaultdict(int)
         for opt in optimizers:
             opt.register_step_pre_hook(self._pre_step)
             opt.register_step_post_hook(self._post_step)
@@ -116,33 +127,46 @@ class PlasticityMonitor:
         self._tracking = on
 
     # -- optimiser hooks ---------------------------------------------------------------------
-    def _layers_of(self, opt: torch.optim.Optimizer):
-        return [key for key, (o, _) in self._group.items() if o is opt]
-
     def _pre_step(self, opt, args, kwargs) -> None:
-        if not self._tracking:
+        if not self._tracking or id(opt) not in self._tracked:
             return
-        for key in self._layers_of(opt):
-            params = self._layers[key]
-            self._before[key] = [p.detach().clone() for p in params]
-            grads = [p.grad for p in params if p.grad is not None]
-            self._accumulate(f"grad_norm/{key[0]}/{key[1]}", M.tensor_norm(grads) if grads else 0.0)
+        keys, params, index = self._tracked[id(opt)]
+        if id(opt) not in self._before:
+            self._before[id(opt)] = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(self._before[id(opt)], [p.detach() for p in params])
+        self._pending.add(id(opt))
+        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+        if with_grad:  # layers without gradients count as 0
+            grads = [params[i].grad for i in with_grad]
+            self._accumulate(opt, "grad_norm", M.group_norms(grads, index[with_grad], len(keys)))
+        else:
+            self._accumulate(opt, "grad_norm", torch.zeros(len(keys), device=index.device))
 
     def _post_step(self, opt, args, kwargs) -> None:
-        if not self._tracking:
+        if id(opt) not in self._pending:
             return
-        for key in self._layers_of(opt):
-            before = self._before.pop(key, None)
-            if before is None:
-                continue
-            params = self._layers[key]
-            upd = M.update_norm(before, params)
-            self._accumulate(f"update_norm/{key[0]}/{key[1]}", upd)
-            self._accumulate(f"update_ratio/{key[0]}/{key[1]}", M.update_ratio(upd, M.tensor_norm(before)))
+        self._pending.discard(id(opt))
+        keys, params, index = self._tracked[id(opt)]
+        before = self._before[id(opt)]
+        weight = M.group_norms(before, index, len(keys))
+        torch._foreach_sub_(before, [p.detach() for p in params])  # in place: before - after
+        update = M.group_norms(before, index, len(keys))
+        self._accumulate(opt, "update_norm", update)
+        self._accumulate(opt, "update_ratio", torch.where(weight > 0, update / weight, torch.zeros_like(update)))
 
-    def _accumulate(self, key: str, value: float) -> None:
-        self._sums[key] += value
+    def _accumulate(self, opt: torch.optim.Optimizer, metric: str, per_layer: Tensor) -> None:
+        key = (id(opt), metric)
+        self._sums[key] = self._sums[key] + per_layer if key in self._sums else per_layer
         self._counts[key] += 1
+
+    def update_metrics(self) -> dict[str, float]:
+        """Per-layer gradient norm, update norm and update/weight ratio, averaged over the tracked steps."""
+        out: dict[str, float] = {}
+        for (opt_id, metric), total in self._sums.items():
+            keys = self._tracked[opt_id][0]
+            for (net, layer), value in zip(keys, (total / self._counts[(opt_id, metric)]).tolist()):
+                out[f"plasticity/{metric}/{net}/{layer}"] = value
+        return out
 
     # -- metrics -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -174,7 +198,7 @@ class PlasticityMonitor:
                 for name, value in (ranks or {}).items():
                     out[f"plasticity/{name}/{key}"] = float(value)
                 current[f"pattern/{key}"] = pre[:k] > 0
-                current[f"kernel/{key}"] = M.feature_kernel(post[:k]).float()
+                current[f"kernel/{key}"] = M.feature_kernel(post[:k])
             if total_units:
                 out[f"plasticity/dead_frac/{net_name}/all"] = dead_units / total_units
         for name, now in current.items():
@@ -222,9 +246,11 @@ class PlasticityMonitor:
         out = self.activation_metrics()
         out.update(self.weight_metrics())
         out.update(self.hessian_metrics())
-        out.update({f"plasticity/{k}": v / self._counts[k] for k, v in self._sums.items()})
+        out.update(self.update_metrics())
         self._sums.clear()
         self._counts.clear()
+        self._before.clear()  # the pre-step copies are only held while steps are tracked
+        self._pending.clear()
         self._tracking = self.always_track
         return out
 

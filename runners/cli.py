@@ -22,6 +22,7 @@ import shlex
 import sys
 import textwrap
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,15 @@ def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]]) -> int:
         raise ConfigError(f"--resume keeps the run's config; '{bad[0]}' cannot change "
                           f"(allowed: {', '.join(sorted(RESUME_OVERRIDABLE))})")
     spec = get_agent(meta["agent"], suite)
-    sections, sources = resolve(suite, spec, [run_dir / "config.yaml"], overrides)
+    # the run's resolved config over this version's defaults: a field added since the run started
+    # takes its default (said below); every field the run had keeps its value
+    sections, sources = resolve(suite, spec, config_files(suite, spec) + [run_dir / "config.yaml"], overrides)
+    stored = load_layers([run_dir / "config.yaml"])[0]
+    added = [f"{name}.{f.name}" for name, cls in schema_for(spec, suite).items() for f in fields(cls)
+             if f.name not in stored.get(name, {})]
+    if added:
+        print(f"note: {run_dir} has no value for {', '.join(added)} (added since it started); "
+              "using this version's defaults", file=sys.stderr)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
     if ckpt["agent"]["env_steps"] >= sections["run"].total_steps:
         print(f"{run_dir} already reached run.total_steps={sections['run'].total_steps}; nothing to do "

@@ -232,7 +232,8 @@ class Trainer:
                     if it % cfg.log_interval == 0 or diagnose or agent.env_steps >= cfg.total_steps:
                         metrics.update(self.episode_metrics())
                         metrics.update({"charts/iteration": it + 1, "charts/frames": agent.env_steps * self.envs.frame_skip,
-                                        "charts/episodes": self.episodes_total, "charts/sps": sps})
+                                        "charts/episodes": self.episodes_total, "charts/sps": sps,
+                                        "charts/wall_seconds": self.elapsed + time.perf_counter() - self._t_start})
                         self.logger.log(agent.env_steps, metrics)
                     bar.update(batch)
                     if self.recent:

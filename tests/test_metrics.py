@@ -76,6 +76,15 @@ def test_rank_metrics_of_a_diagonal_matrix_with_known_singular_values():
     assert r["stable_rank"] == pytest.approx(30 / 16)
 
 
+def test_numerical_rank_uses_matrix_rank_default_tolerance():
+    # tolerance = s_max * max(n, d) * eps(float64) = 3 * 5 * 2.2e-16 = 3.3e-15
+    s = torch.tensor([3.0, 1.0, 1e-14, 1e-15], dtype=torch.float64)
+    assert M.numerical_rank(s, (5, 4)) == 3
+    assert M.numerical_rank(torch.zeros(0, dtype=torch.float64), (0, 4)) == 0
+    phi = torch.randn(20, 2, dtype=torch.float64) @ torch.randn(2, 6, dtype=torch.float64)
+    assert M.numerical_rank(M.singular_values(phi), (20, 6)) == int(torch.linalg.matrix_rank(phi)) == 2
+
+
 def test_rank_metrics_not_computed_when_fewer_samples_than_features():
     assert M.rank_metrics(torch.randn(4, 8)) is None
 
@@ -120,5 +129,8 @@ def test_norms_updates_and_effective_learning_rate():
     after = [torch.tensor([3.0, 1.0]), torch.tensor([[0.0, 4.0]])]
     assert M.update_norm(w, after) == pytest.approx(1.0)
     assert M.update_ratio(1.0, 5.0) == pytest.approx(0.2)
+    # groups {0: [3, 0] and [[0, 4]]}, {1: [1, 2, 2]}, {2: nothing}
+    norms = M.group_norms([*w, torch.tensor([1.0, 2.0, 2.0])], torch.tensor([0, 0, 1]), 3)
+    assert norms.tolist() == pytest.approx([5.0, 3.0, 0.0])
     assert M.effective_lr(0.1, 5.0, adaptive=True) == pytest.approx(0.02)
     assert M.effective_lr(0.1, 5.0, adaptive=False) == pytest.approx(0.004)

@@ -119,8 +119,8 @@ def test_kernel_change_hand_computed():
     f1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     f2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     c1, c2 = M.feature_kernel(f1), M.feature_kernel(f2)
-    assert torch.allclose(c1, torch.eye(2, dtype=torch.float64) / 2)
-    assert torch.allclose(c2, torch.ones(2, 2, dtype=torch.float64) / 2)
+    assert torch.allclose(c1, torch.eye(2) / 2)
+    assert torch.allclose(c2, torch.ones(2, 2) / 2)
     assert M.kernel_change(c1, c2) == pytest.approx((2 * 0.25) ** 0.5)
     assert M.activation_pattern_change(torch.tensor([1.0, -1.0]), torch.tensor([1.0, 1.0])) == 0.5
     assert M.greedy_churn(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == 0.5

@@ -80,6 +80,11 @@ def test_noisy_layer_uses_factorised_noise():
     x = torch.randn(4, 3)
     w = layer.weight_mu + layer.weight_sigma * torch.outer(layer.eps_out, layer.eps_in)
     assert torch.allclose(layer(x), x @ w.T + layer.bias_mu + layer.bias_sigma * layer.eps_out)
+    # gradients as through the explicit noisy weight: dL/dsigma = dL/dW * eps_out eps_in^T
+    layer(x).sum().backward()
+    grad_w = torch.ones(4, 2).T @ x
+    assert torch.allclose(layer.weight_mu.grad, grad_w)
+    assert torch.allclose(layer.weight_sigma.grad, grad_w * torch.outer(layer.eps_out, layer.eps_in))
     assert torch.linalg.matrix_rank(torch.outer(layer.eps_out, layer.eps_in)) == 1
     assert layer.weight_sigma[0, 0].item() == pytest.approx(0.5 / math.sqrt(3))
 

@@ -183,6 +183,19 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert stamp == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
 
 
+def test_a_run_that_predates_a_config_field_resumes_with_its_default(tmp_path, capsys):
+    rc, run_dir = run_main("classic", ["--agent", "ppo", *TINY["classic"]], tmp_path)
+    config = run_dir / "config.yaml"
+    older = config.read_text().replace("  channels_last: false", "")  # as written before the field existed
+    assert older != config.read_text()
+    config.write_text(older)
+    capsys.readouterr()
+    assert main("classic", ["--resume", str(run_dir), "--total-steps", "8192", "--no-progress"]) == 0
+    assert "no value for ppo.channels_last (added since it started)" in capsys.readouterr().err
+    assert "channels_last: false" in config.read_text()
+    assert final_state(run_dir)["env_steps"] == 8192
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: one clear message, exit status 2, nothing overwritten
 # ---------------------------------------------------------------------------------------
