@@ -65,6 +65,11 @@ class Agent(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast for forward passes when the config's ``precision`` is "bf16"; otherwise inactive."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=getattr(self.cfg, "precision", "fp32") == "bf16")
+
     def images(self) -> dict[str, np.ndarray]:
         """Named 2-D arrays to log as TensorBoard images on diagnostics iterations (e.g. a similarity matrix)."""
         return {}

@@ -218,22 +218,19 @@ class PPO(Agent):
         self.restart_episodes(envs.reset())
 
     # -- forward passes ----------------------------------------------------------------------
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
-
     def _scaled(self, obs: Tensor) -> Tensor:
-        with self._autocast():
+        with self.autocast():
             return self.actor.scale(obs)
 
     def _policy(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, phi) from scaled observations; phi = penultimate pre-activations (or all layers')."""
-        with self._autocast():
+        with self.autocast():
             hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
             logits = self.actor.head(hidden)
         return logits.float(), phi.float()
 
     def _value(self, x: Tensor) -> Tensor:
-        with self._autocast():
+        with self.autocast():
             return self._critic_tail(x).squeeze(-1).float()
 
     def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:

@@ -70,6 +70,9 @@ class RainbowConfig(OffPolicyConfig):
     noisy: bool = param("Noisy-net heads for exploration (else epsilon-greedy)")
     noisy_sigma0: float = param("Initial noise scale sigma_0 of factorised noisy layers", min=0.0)
     dueling: bool = param("Dueling value/advantage heads")
+    precision: str = param("Forward passes of acting and learning in fp32 (the papers' numerics) or under bf16 "
+                           "autocast (faster; log-softmax, losses, optimiser and MASP's meta-update stay fp32)",
+                           choices=("fp32", "bf16"))
     priority_alpha: float = param("Prioritization exponent alpha (0: uniform replay)", min=0.0)
     priority_beta0: float = param("Initial importance-sampling exponent beta (annealed to 1)", min=0.0, max=1.0)
     priority_eps: float = param("Added to priorities so that none is zero", min=0.0)
@@ -260,7 +263,8 @@ class Rainbow(OffPolicyAgent):
     @torch.no_grad()
     def act(self, obs: Tensor) -> Tensor:
         self.net.reset_noise(self.gen)
-        q = self.net(obs)
+        with self.autocast():
+            q = self.net(obs)
         check_finite("Q-network output", q)
         greedy = q.argmax(-1).cpu()
         if not self.cfg.noisy:
@@ -294,10 +298,12 @@ class Rainbow(OffPolicyAgent):
     @torch.no_grad()
     def target_distribution(self, batch) -> Tensor:
         self.target.reset_noise(self.gen)
-        next_log = self.target.log_probs(batch.next_obs)
+        with self.autocast():
+            next_log = self.target.log_probs(batch.next_obs).float()
         if self.cfg.double:
             self.net.reset_noise(self.gen)
-            best = self.net(batch.next_obs).argmax(-1)
+            with self.autocast():
+                best = self.net(batch.next_obs).argmax(-1)
         else:
             best = (next_log.exp() * self.target.support).sum(-1).argmax(-1)
         next_probs = next_log.exp()[torch.arange(len(best)), best]
@@ -313,7 +319,8 @@ class Rainbow(OffPolicyAgent):
         batch, weights = self.sample(cfg.batch_size)
         target = self.target_distribution(batch)
         self.net.reset_noise(self.gen)
-        log_probs = self.net.log_probs(batch.obs)
+        with self.autocast():
+            log_probs = self.net.log_probs(batch.obs).float()
         losses = self.td_losses(log_probs, batch, target)
         loss = (weights * losses).mean()
         stats = {"losses/td": float(loss.detach())}

@@ -196,19 +196,23 @@ def test_frame_storage_rebuilds_the_exact_stacks_across_episode_ends_and_ring_wr
 
 # -- end to end ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("agent", ["rainbow", "rainbow_masp"])
-def test_rainbow_runs_and_logs_replay_statistics_and_similarity(agent, tmp_path):
+@pytest.mark.parametrize("agent,precision", [("rainbow", "fp32"), ("rainbow_masp", "fp32"), ("rainbow", "bf16")])
+def test_rainbow_runs_and_logs_replay_statistics_and_similarity(agent, precision, tmp_path):
     """(Exact resume of rainbow_masp is tested with the other agents in test_runner.py.)"""
     from runners.cli import main
     args = ["--agent", agent, "--env", "Breakout", "--set", "env.num_envs=2", "--set", "rainbow.learning_starts=200",
             "--set", "rainbow.iteration_steps=200", "--set", "rainbow.buffer_size=2000", "--set",
             "rainbow.masp_period=5", "--set", "diagnostics.interval=2", "--set", "diagnostics.probe_size=128",
-            "--results-dir", str(tmp_path), "--experiment", "t", "--no-progress"]
+            "--set", f"rainbow.precision={precision}", "--results-dir", str(tmp_path), "--experiment", "t",
+            "--no-progress"]
     assert main("minatar", [*args, "--total-steps", "1000", "--run-name", "full"]) == 0
     a = torch.load(tmp_path / "t" / "full" / "checkpoints" / "latest.pt", weights_only=False)["agent"]
     assert a["updates"] > 0
-    header = (tmp_path / "t" / "full" / "metrics.csv").read_text().splitlines()[0]
+    lines = (tmp_path / "t" / "full" / "metrics.csv").read_text().splitlines()
+    header = lines[0]
     assert "replay/priority_mean" in header and "replay/sampled_age" in header
+    td = [float(v) for v in (row.split(",")[header.split(",").index("losses/td")] for row in lines[1:]) if v]
+    assert td and all(0 < v < 10 for v in td)  # a cross-entropy over 51 atoms: positive and finite
     if agent == "rainbow_masp":
         assert a["w"].shape == (3 * 3, 3 * 3) and "masp/similarity_mean" in header and "losses/masp" in header
         events = list((tmp_path / "t" / "full" / "tb").glob("events.out.tfevents.*"))
