@@ -1,6 +1,9 @@
-"""Does bf16 autocast change what PPO+PFO learns? fp32 vs bf16 on MinAtar, several seeds.
+"""Does bf16 autocast change what an agent learns? fp32 vs bf16 on MinAtar, several seeds.
 
     python benchmarks/precision_learning.py --steps 200000 --seeds 1 2 3
+    python benchmarks/precision_learning.py --agent rainbow_macro --steps 20000 --seeds 1 2 3
+
+Any agent with a ``precision`` field (ppo, ppo_pfo, the rainbow family).
 
 Runs alternate between the precisions (seed by seed) so that machine noise hits both alike.
 Prints the mean return of each run's last 100 episodes, the mean over seeds with its range,
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents import get_agent  # noqa: E402
 from runners.cli import main as run  # noqa: E402
 
 
@@ -29,13 +33,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
+    section = get_agent(args.agent, "minatar").load().section
     results: dict[str, list[dict]] = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for precision in results:
                 name = f"{precision}-s{seed}"
                 rc = run("minatar", ["--agent", args.agent, "--env", args.env, "--seed", str(seed),
-                                     "--total-steps", str(args.steps), "--set", f"ppo.precision={precision}",
+                                     "--total-steps", str(args.steps), "--set", f"{section}.precision={precision}",
                                      "--results-dir", tmp, "--experiment", "precision", "--run-name", name,
                                      "--no-progress"])
                 if rc != 0:

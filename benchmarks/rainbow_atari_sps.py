@@ -1,6 +1,6 @@
 """Rainbow training throughput on Atari in the learning phase, against the network-only ceiling.
 
-    python benchmarks/rainbow_atari_sps.py --repeats 3
+    python benchmarks/rainbow_atari_sps.py --repeats 3 --precision fp32 bf16
 
 Setting: Breakout (envpool), Hessel et al. 2018's learning phase: one update of batch 32 every
 4 agent steps (train_frequency 4), diagnostics on at the default schedule. The learning phase is
@@ -12,7 +12,8 @@ measured iteration trains. Each repeat alternates
    target) and 4 acting forwards at batch 1 (the envs' batch here is 4, one forward for all),
    eager fp32, as agent steps per second (the issue's definition: default memory layout), and
    the same in channels-last layout, as the agent runs by default (``rainbow.channels_last``);
-2. a short training run through the real runner (``runners.atari``).
+2. a short training run through the real runner (``runners.atari``) per precision (fp32, the
+   default, and bf16 autocast: ``rainbow.precision``), alternating their order.
 
 Reports medians, peak resident memory of the training process, and the ratio. Reference (the
 issue's, measured on this machine type): CleanRL's single-file Rainbow about 28 steps/s.
@@ -64,13 +65,13 @@ def ceiling(envs: int, channels_last: bool, repeats: int = 10) -> float:
     return 4 / statistics.median(times)
 
 
-def train(steps: int, envs: int, root: Path, tag: str) -> tuple[float, float]:
-    name = f"rainbow-{tag}"
+def train(steps: int, envs: int, precision: str, root: Path, tag: str) -> tuple[float, float]:
+    name = f"rainbow-{precision}-{tag}"
     cmd = [sys.executable, "-m", "runners.atari", "--agent", "rainbow", "--env", "Breakout", "--total-steps",
            str(steps), "--set", f"env.num_envs={envs}", "--set", "rainbow.learning_starts=2000", "--set",
            "rainbow.buffer_size=100000", "--set", "rainbow.iteration_steps=1000", "--set",
-           "run.checkpoint_steps=100000000", "--results-dir", str(root), "--experiment", "bench", "--run-name", name,
-           "--no-progress"]
+           f"rainbow.precision={precision}", "--set", "run.checkpoint_steps=100000000", "--results-dir", str(root),
+           "--experiment", "bench", "--run-name", name, "--no-progress"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -86,31 +87,38 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     args = parser.parse_args()
-    ceilings, ceilings_cl, runs, peaks = [], [], [], []
+    ceilings, ceilings_cl, peaks = [], [], []
+    runs: dict[str, list[float]] = {p: [] for p in args.precision}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             ceilings.append(ceiling(args.envs, channels_last=False))
             ceilings_cl.append(ceiling(args.envs, channels_last=True))
-            sps, peak = train(args.steps, args.envs, Path(tmp), str(r))
-            runs.append(sps)
-            peaks.append(peak)
-            print(f"repeat {r}: training {sps:.1f} steps/s, ceiling {ceilings[-1]:.1f}, peak RSS {peak:.0f} MB",
-                  file=sys.stderr)
+            for p in args.precision if r % 2 == 0 else args.precision[::-1]:
+                sps, peak = train(args.steps, args.envs, p, Path(tmp), str(r))
+                runs[p].append(sps)
+                peaks.append(peak)
+                print(f"repeat {r}: {p} training {sps:.1f} steps/s, ceiling {ceilings[-1]:.1f}, "
+                      f"peak RSS {peak:.0f} MB", file=sys.stderr)
     from runners.train import machine_description
     m = machine_description(torch.device("cpu"))
-    c, s = statistics.median(ceilings), statistics.median(runs)
+    c = statistics.median(ceilings)
     print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
     print(f"command: python benchmarks/rainbow_atari_sps.py --steps {args.steps} --envs {args.envs} "
-          f"--repeats {args.repeats}\n")
+          f"--repeats {args.repeats} --precision {' '.join(args.precision)}\n")
     print("| figure | median | runs |\n|---|---|---|")
     print(f"| network-only ceiling (agent steps/s, eager fp32) | {c:.1f} | {', '.join(f'{v:.1f}' for v in ceilings)} |")
     print(f"| network-only ceiling, channels-last as the agent runs (agent steps/s) | "
           f"{statistics.median(ceilings_cl):.1f} | {', '.join(f'{v:.1f}' for v in ceilings_cl)} |")
-    print(f"| rainbow training, learning phase, diagnostics on (agent steps/s) | {s:.1f} | "
-          f"{', '.join(f'{v:.1f}' for v in runs)} |")
+    for p, values in runs.items():
+        print(f"| rainbow training {p}, learning phase, diagnostics on (agent steps/s) | "
+              f"{statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
     print(f"| peak resident memory of the training process (MB) | {max(peaks):.0f} | |")
-    print(f"\nratio to the ceiling: {s / c:.2f}; to the 28 steps/s reference: {s / 28:.1f}x (target: >= 70 steps/s)")
+    for p, values in runs.items():
+        s = statistics.median(values)
+        print(f"\n{p}: ratio to the fp32 ceiling {s / c:.2f}; to the 28 steps/s reference {s / 28:.1f}x "
+              "(target: >= 70 steps/s)")
 
 
 if __name__ == "__main__":
