@@ -63,7 +63,7 @@ class DQN(OffPolicyAgent):
         self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
         self.q = interventions.prepare(build_network(cfg.network, obs_space.shape, self.num_actions, cfg.hidden,
                                                      cfg.activation)).to(device)
-        if cfg.channels_last and len(obs_space.shape) == 3:
+        if cfg.channels_last:  # a no-op on networks without convolutions
             to_channels_last(self.q)
         self.target = copy.deepcopy(self.q)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)

@@ -35,9 +35,8 @@ class OffPolicyConfig:
 
 class OffPolicyAgent(Agent):
     """Subclasses provide ``collect_step()`` (act once in every environment and store the
-    transitions), ``learn()`` (one gradient update), ``iteration_metrics()`` and a config with
-    ``eps_start``, ``eps_end``, ``eps_decay_steps``, ``learning_starts``, ``train_frequency`` and
-    ``gradient_steps``."""
+    transitions), ``learn()`` (one gradient update) and ``iteration_metrics()``; their config
+    extends :class:`OffPolicyConfig`."""
 
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
         """One iteration: ``steps_per_iteration`` agent steps, each followed by the updates it makes due."""

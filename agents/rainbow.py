@@ -232,7 +232,7 @@ class Rainbow(OffPolicyAgent):
         self.num_envs = envs.num_envs
         self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
         self.net = RainbowNet(cfg, obs_space.shape, self.num_actions).to(device)
-        if cfg.channels_last and len(obs_space.shape) == 3:
+        if cfg.channels_last:  # a no-op on networks without convolutions
             to_channels_last(self.net)
         self.target = copy.deepcopy(self.net)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)

@@ -164,10 +164,14 @@ def update_norm(before: list[Tensor], after: list[Tensor]) -> float:
 def group_norms(tensors: list[Tensor], group: Tensor, n_groups: int) -> Tensor:
     """Global L2 norm of each group of tensors (tensor i is in group ``group[i]``), as one float32 tensor.
 
-    Fused per-tensor norms (as in ``clip_grad_norm_``): a few kernels for a whole network.
+    Fused per-tensor norms (as in ``clip_grad_norm_``): a few kernels for a whole network. Groups
+    without tensors (or an empty list) get 0.
     """
+    out = torch.zeros(n_groups, device=group.device)
+    if not tensors:
+        return out
     norms = torch.stack([n.float() for n in torch._foreach_norm([t.detach() for t in tensors])])
-    return torch.zeros(n_groups, device=norms.device).index_add_(0, group, norms.square()).sqrt()
+    return out.index_add_(0, group, norms.square()).sqrt()
 
 
 def update_ratio(update: float, weight: float) -> float:

@@ -135,12 +135,9 @@ class PlasticityMonitor:
             self._before[id(opt)] = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(self._before[id(opt)], [p.detach() for p in params])
         self._pending.add(id(opt))
-        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
-        if with_grad:  # layers without gradients count as 0
-            grads = [params[i].grad for i in with_grad]
-            self._accumulate(opt, "grad_norm", M.group_norms(grads, index[with_grad], len(keys)))
-        else:
-            self._accumulate(opt, "grad_norm", torch.zeros(len(keys), device=index.device))
+        with_grad = [i for i, p in enumerate(params) if p.grad is not None]  # layers without any count as 0
+        grads = [params[i].grad for i in with_grad]
+        self._accumulate(opt, "grad_norm", M.group_norms(grads, index[with_grad], len(keys)))
 
     def _post_step(self, opt, args, kwargs) -> None:
         if id(opt) not in self._pending:

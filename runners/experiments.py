@@ -87,6 +87,15 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
 
 
+def interval_order(a: tuple[float, float], b: tuple[float, float]) -> int:
+    """(mean, half-width) pairs: 1 if a's interval lies wholly above b's, -1 if wholly below, 0 if they overlap."""
+    if a[0] - a[1] > b[0] + b[1]:
+        return 1
+    if a[0] + a[1] < b[0] - b[1]:
+        return -1
+    return 0
+
+
 def curves(run_dirs: dict[tuple[str, int], Path], column: str) -> dict[str, np.ndarray]:
     """{arm: (seeds, rows) array} of one metrics column, rows aligned by position."""
     by_arm: dict[str, list[list[float]]] = {}
@@ -372,33 +381,31 @@ def soft_reset(args) -> None:
         rl_verdicts.append((game, finals, lines_fig))
     lines += ["", "Wall time of a whole DQN run with soft reset over one without (median over seeds, the two "
               f"arms run side by side on the same cores): {', '.join(wall_ratios)}.", ""]
-    rl_summary = []
+    rl_summary, rl_orders = [], []
     for game, finals, fig_line in rl_verdicts:
-        (a, ha), (b, hb) = finals["dqn"], finals["dqn_soft_reset"]
-        verdict = "better" if b - hb > a + ha else "worse" if b + hb < a - ha else "not distinguishable from plain DQN"
-        lines += [fig_line, "", f"{game}: soft reset is {verdict} (final return {b:.2f} vs {a:.2f}).", ""]
+        rl_orders.append(interval_order(finals["dqn_soft_reset"], finals["dqn"]))
+        verdict = {1: "better", -1: "worse", 0: "not distinguishable from plain DQN"}[rl_orders[-1]]
+        lines += [fig_line, "", f"{game}: soft reset is {verdict} (final return {finals['dqn_soft_reset'][0]:.2f} "
+                  f"vs {finals['dqn'][0]:.2f}).", ""]
         rl_summary.append(f"{verdict} on {game}")
-
-    def compare(a, b):  # (mean, half-width) pairs: is a clearly above, clearly below or within b?
-        return "beats" if a[0] - a[1] > b[0] + b[1] else "falls short of" if a[0] + a[1] < b[0] - b[1] else \
-            "is not distinguishable from"
 
     online, sgd = summary["online (Adam)"], summary["online (SGD)"]
     hard = summary["hard_reset (oracle)"]
     best_sr = max((summary[a.label] for a in SOFT_RESET_ARMS[5:]), key=lambda v: v[0])
-    beats_online = best_sr[0] - best_sr[1] > online[0] + online[1]
-    matches_hard = best_sr[0] + best_sr[1] >= hard[0] - hard[1]
+    beats_online = interval_order(best_sr, online) == 1
+    matches_hard = interval_order(best_sr, hard) != -1
     lines += ["## Does the paper's direction hold here?", "",
               f"- Soft reset (best variant, last {k} tasks: {best_sr[0]:.3f}) "
               + ("beats" if beats_online else "does not clearly beat")
               + f" online Adam ({online[0]:.3f}) on random-label digits, and "
               + ("matches or beats" if matches_hard else "falls short of")
               + f" the hard-reset oracle ({hard[0]:.3f}) without knowing the task boundaries. Online SGD "
-              f"({sgd[0]:.3f}): soft reset {compare(best_sr, sgd)} it.",
+              f"({sgd[0]:.3f}): soft reset "
+              f"{ {1: 'beats', -1: 'falls short of', 0: 'is not distinguishable from'}[interval_order(best_sr, sgd)]} it.",
               f"- gamma {'dips' if dips else 'does not dip'} at task boundaries.",
               f"- Off-policy RL (DQN on MinAtar, {rl_steps} steps): soft reset is {'; '.join(rl_summary)}: the "
               f"paper's RL claim (soft reset helps at high replay ratios) is "
-              f"{'reproduced' if all(v == 'better' for v in rl_summary) else 'partly reproduced' if 'better' in ' '.join(rl_summary) else 'not reproduced'} here.", "",
+              f"{'reproduced' if all(o == 1 for o in rl_orders) else 'partly reproduced' if 1 in rl_orders else 'not reproduced'} here.", "",
               machine_line(run_dirs), ""]
     out_md = REPO / "results" / f"soft_reset{suffix}.md"
     atomic_write_text(out_md, "\n".join(lines))
@@ -463,7 +470,7 @@ def masp(args) -> None:
              "cores allow, far below the paper's: read them as a check of direction at small scale only.", "",
              "| suite | game | budget (agent steps) | arm | return, last 100 episodes | mean return over training |",
              "|---|---|---|---|---|---|"]
-    figures, verdicts, all_dirs = [], [], {}
+    figures, verdicts, masp_vs_naive, all_dirs = [], [], [], {}
     for suite, game, steps, extra in settings:
         arms = [Arm(f"{label} {suite} {game}", suite, ("--agent", agent, "--env", game, "--total-steps", steps,
                                                         "--set", "run.torch_threads=1", *extra))
@@ -481,10 +488,12 @@ def masp(args) -> None:
             lines.append(f"| {suite} | {game} | {steps} | {label} | {f:.2f} ± {fh:.2f} | {a:.2f} ± {ah:.2f} |")
         if suite == "minatar":
             lines.append(f"| {suite} | {game} | - | uniformly random actions | {random_policy_return(suite, game):.2f} | |")
-        (m, mh), (n, nh), (p, ph) = res["MASP"], res["naive macros"], res["primitives"]
-        verdicts.append(f"- {suite} {game}: MASP {'beats' if m - mh > n + nh else 'is not distinguishable from' if m + mh >= n - nh else 'is worse than'} "
-                        f"naive macros ({m:.2f} vs {n:.2f}); against primitives ({p:.2f}) it "
-                        f"{'is better' if m - mh > p + ph else 'is not distinguishable' if m + mh >= p - ph else 'is worse'}.")
+        masp_vs_naive.append(interval_order(res["MASP"], res["naive macros"]))
+        verdicts.append(f"- {suite} {game}: MASP "
+                        f"{ {1: 'beats', 0: 'is not distinguishable from', -1: 'is worse than'}[masp_vs_naive[-1]]} "
+                        f"naive macros ({res['MASP'][0]:.2f} vs {res['naive macros'][0]:.2f}); against primitives "
+                        f"({res['primitives'][0]:.2f}) it "
+                        f"{ {1: 'is better', 0: 'is not distinguishable', -1: 'is worse'}[interval_order(res['MASP'], res['primitives'])]}.")
     # the learned similarity of the first MinAtar game, and a transfer run to a game with as many actions
     source = all_dirs[(f"MASP minatar Breakout", seeds[0])]
     from runners.storage import load_checkpoint
@@ -541,8 +550,8 @@ def masp(args) -> None:
               f"a measurement: the transferred S {'helped' if moved > scratch else 'did not help'} here "
               f"({moved:.2f} vs {scratch:.2f}).", "",
               "## Does the paper's direction hold here?", "",
-              f"{'Not at these budgets' if not any(': MASP beats' in v for v in verdicts) else 'In part'}: MASP "
-              f"beats naive macros in {sum(': MASP beats' in v for v in verdicts)} of {len(verdicts)} games "
+              f"{'In part' if 1 in masp_vs_naive else 'Not at these budgets'}: MASP "
+              f"beats naive macros in {masp_vs_naive.count(1)} of {len(masp_vs_naive)} games "
               "(non-overlapping 95% intervals). Per game, with primitive Rainbow for reference (the random-policy "
               "rows of the table give the floor):", "", *verdicts, "", machine_line(all_dirs), ""]
     out_md = REPO / "results" / f"masp{suffix}.md"

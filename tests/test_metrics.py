@@ -132,5 +132,6 @@ def test_norms_updates_and_effective_learning_rate():
     # groups {0: [3, 0] and [[0, 4]]}, {1: [1, 2, 2]}, {2: nothing}
     norms = M.group_norms([*w, torch.tensor([1.0, 2.0, 2.0])], torch.tensor([0, 0, 1]), 3)
     assert norms.tolist() == pytest.approx([5.0, 3.0, 0.0])
+    assert M.group_norms([], torch.tensor([], dtype=torch.long), 2).tolist() == [0.0, 0.0]
     assert M.effective_lr(0.1, 5.0, adaptive=True) == pytest.approx(0.02)
     assert M.effective_lr(0.1, 5.0, adaptive=False) == pytest.approx(0.004)

@@ -88,3 +88,10 @@ def test_learners_and_interventions_run_on_the_supervised_suite(learner, interve
 def test_t_interval():
     mean, half = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+
+
+def test_interval_order_compares_mean_and_half_width_intervals():
+    from runners.experiments import interval_order
+    assert interval_order((5.0, 1.0), (2.0, 1.0)) == 1     # [4, 6] above [1, 3]
+    assert interval_order((2.0, 1.0), (5.0, 1.0)) == -1
+    assert interval_order((3.5, 1.0), (2.0, 1.0)) == 0     # [2.5, 4.5] overlaps [1, 3]
