@@ -28,7 +28,11 @@ implemented follows the design in shared/papers/rainbow_masp.md, *ours* where ma
 * Every ``masp_period`` updates W is meta-learned by a one-step look-ahead *(ours, as the
   design)*: head' = head - masp_inner_lr * grad_head[L_TD(B1) + lambda R(S; B1)] (the trunk's
   features held fixed, torch.func.functional_call), meta-loss L_TD(head'; B2) on a second
-  batch, W <- W - masp_lr * grad_W meta-loss. The meta-update's wall time is reported.
+  batch, and an Adam step of size ``masp_lr`` on W along grad_W meta-loss *(ours)*. The
+  meta-gradient's scale is the product of the inner step size, lambda and the TD gradients
+  (about 1e-8 on MinAtar at our settings), so plain SGD on W would need a step size tuned to that
+  scale; Adam's step is scale-free (its state is checkpointed with W). The meta-update's wall
+  time and the mean |grad_W| are reported.
 * S is logged (TensorBoard image + ``masp/`` scalars), saved with checkpoints, and
   ``similarity_from`` (``--similarity-from RUN_DIR``) initialises W from another run (transfer).
 """
@@ -78,7 +82,7 @@ class RainbowConfig(OffPolicyConfig):
     priority_eps: float = param("Added to priorities so that none is zero", min=0.0)
     macros: str = param("Macro-actions: '' (none), repeat:2,4, list:[[a,b],...] or file:PATH (envs/macros.py)")
     masp_coef: float = param("MASP penalty weight lambda (0: no penalty)", min=0.0)
-    masp_lr: float = param("Meta step size of the similarity logits W", min=0.0)
+    masp_lr: float = param("Adam step size of the meta-updates of the similarity logits W", min=0.0)
     masp_inner_lr: float = param("Inner (look-ahead) SGD step size on the head", min=0.0)
     masp_period: int = param("Learner updates between meta-updates of W", min=1)
     masp_init: str = param("Initial W: zero or overlap (macros sharing primitives start similar)", choices=("zero", "overlap"))
@@ -116,6 +120,19 @@ def masp_penalty(q: Tensor, s: Tensor) -> Tensor:
     """mean over states of sum_{i != j} S_ij (Q_i - Q_j)^2 / sum_{i != j} S_ij (q: (batch, actions))."""
     diff = (q[:, :, None] - q[:, None, :]) ** 2
     return ((diff * s).sum((1, 2)) / s.sum().clamp_min(1e-8)).mean()
+
+
+def lookahead_meta_gradient(w: Tensor, params: dict[str, Tensor], inner_loss, meta_loss,
+                            inner_lr: float) -> tuple[Tensor, Tensor]:
+    """(d meta_loss(params') / dW, meta_loss(params')) with params' = params - inner_lr * grad_params
+    inner_loss(params, S(W)): the one-step look-ahead meta-gradient of the similarity logits
+    (``inner_loss(params, s)`` and ``meta_loss(params)`` are callables on a parameter dict)."""
+    w = w.detach().clone().requires_grad_(True)
+    grads = torch.autograd.grad(inner_loss(params, similarity(w)), list(params.values()), create_graph=True)
+    updated = {n: p - inner_lr * g for (n, p), g in zip(params.items(), grads)}
+    meta = meta_loss(updated)
+    (grad_w,) = torch.autograd.grad(meta, [w])
+    return grad_w, meta.detach()
 
 
 def overlap_init(actions: list[list[int]], logit: float = 2.0) -> Tensor:
@@ -252,6 +269,9 @@ class Rainbow(OffPolicyAgent):
         if cfg.similarity_from:
             w = load_similarity(Path(cfg.similarity_from), self.num_actions)
         self.w = w.to(device)
+        # scale-free meta-steps: the meta-gradient is ~1e-8 here, so eps sits far below it (ours)
+        self.w_optimizer = torch.optim.Adam([self.w], lr=cfg.masp_lr, eps=1e-16)
+        self.meta_grad_abs = 0.0
         self.heads_view = HeadsView(self.net)  # the head alone, for the look-ahead's functional_call
         self.meta_seconds = 0.0
         self.restart_episodes(envs.reset())
@@ -354,25 +374,25 @@ class Rainbow(OffPolicyAgent):
         b1, w1 = self.sample(cfg.batch_size)
         b2, w2 = self.sample(cfg.batch_size)
         t1, t2 = self.target_distribution(b1), self.target_distribution(b2)
-        w = self.w.detach().clone().requires_grad_(True)
         self.net.reset_noise(self.gen)
         with torch.no_grad():
             f1, f2 = self.net.trunk(b1.obs), self.net.trunk(b2.obs)
-        head = {n: p for n, p in self.heads_view.named_parameters()}
 
-        def heads(params, features):
-            return functional_call(self.heads_view, params, (features,))
+        def inner_loss(params, s):
+            lp1 = functional_call(self.heads_view, params, (f1,))
+            q1 = (lp1.exp() * self.net.support).sum(-1)
+            return (w1 * self.td_losses(lp1, b1, t1)).mean() + cfg.masp_coef * masp_penalty(q1, s)
 
-        lp1 = heads(head, f1)
-        q1 = (lp1.exp() * self.net.support).sum(-1)
-        inner = (w1 * self.td_losses(lp1, b1, t1)).mean() + cfg.masp_coef * masp_penalty(q1, similarity(w))
-        grads = torch.autograd.grad(inner, list(head.values()), create_graph=True)
-        updated = {n: p - cfg.masp_inner_lr * g for (n, p), g in zip(head.items(), grads)}
-        meta = (w2 * self.td_losses(heads(updated, f2), b2, t2)).mean()
-        (grad_w,) = torch.autograd.grad(meta, [w])
-        with torch.no_grad():
-            self.w -= cfg.masp_lr * grad_w
-        return float(meta.detach())
+        def meta_loss(params):
+            return (w2 * self.td_losses(functional_call(self.heads_view, params, (f2,)), b2, t2)).mean()
+
+        grad_w, meta = lookahead_meta_gradient(self.w, dict(self.heads_view.named_parameters()), inner_loss, meta_loss,
+                                         cfg.masp_inner_lr)
+        self.w.grad = grad_w
+        self.w_optimizer.step()
+        self.w.grad = None
+        self.meta_grad_abs = float(grad_w.abs().mean())
+        return float(meta)
 
     def collect_step(self) -> list[Episode]:
         chosen = self.act(self.next_obs)
@@ -404,7 +424,7 @@ class Rainbow(OffPolicyAgent):
             s = similarity(self.w)
             off = s[~torch.eye(self.num_actions, dtype=torch.bool, device=s.device)]
             metrics |= {"masp/similarity_mean": float(off.mean()), "masp/similarity_max": float(off.max()),
-                        "masp/meta_seconds_total": self.meta_seconds}
+                        "masp/meta_seconds_total": self.meta_seconds, "masp/meta_grad_abs": self.meta_grad_abs}
         return metrics
 
     def ready(self) -> bool:
@@ -460,6 +480,7 @@ class Rainbow(OffPolicyAgent):
                 "optimizer": self.optimizer.state_dict(), "replay": self.replay.state_dict(),
                 "tree": self.tree.state_dict(), "generator": self.gen.get_state(),
                 "np_rng": self.np_rng.bit_generator.state, "updates": self.updates, "w": self.w.cpu(),
+                "w_optimizer": self.w_optimizer.state_dict(), "meta_grad_abs": self.meta_grad_abs,
                 "meta_seconds": self.meta_seconds, "num_primitives": self.num_primitives,
                 "actions": self.envs.actions, "next_obs": self.next_obs.cpu(), "prev_done": self.prev_done,
                 "decide": self.decide, "pending_action": self.pending_action, "pending_obs": self.pending_obs.cpu(),
@@ -474,7 +495,11 @@ class Rainbow(OffPolicyAgent):
         self.gen.set_state(state["generator"])
         self.np_rng.bit_generator.state = state["np_rng"]
         self.updates, self.meta_seconds = state["updates"], state["meta_seconds"]
-        self.w = state["w"].to(self.device)
+        with torch.no_grad():  # in place: the meta-optimiser holds this tensor
+            self.w.copy_(state["w"])
+        if "w_optimizer" in state:  # checkpoints from before the Adam meta-step have none
+            self.w_optimizer.load_state_dict(state["w_optimizer"])
+            self.meta_grad_abs = state["meta_grad_abs"]
         self.next_obs, self.prev_done = state["next_obs"].to(self.device), state["prev_done"]
         self.decide, self.pending_action = state["decide"], state["pending_action"]
         self.pending_obs, self.pending_valid = state["pending_obs"].to(self.device), state["pending_valid"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from agents.per import SumTree
-from agents.rainbow import (NoisyLinear, masp_penalty, overlap_init, project_distribution, similarity)
+from agents.rainbow import (NoisyLinear, lookahead_meta_gradient, masp_penalty, overlap_init, project_distribution,
+                            similarity)
 from agents.replay import ReplayBuffer
 from configs import ConfigError
 from envs import EnvConfig, make_vec_env
@@ -104,15 +105,34 @@ def test_masp_meta_gradient_has_the_expected_sign_on_a_constructed_problem():
     """Three actions: 0 and 1 have equal true values, 2 a very different one. One look-ahead step on the
     penalty alone moves the Q-values; the meta-loss (distance to the true values) falls when 0 and 1 are
     pulled together and rises when 0 and 2 are, so gradient descent on W raises S_01 and lowers S_02."""
-    head = torch.tensor([1.5, 0.5, 5.0], requires_grad=True)  # Q(s, a) for one state
-    w = torch.zeros(3, 3, requires_grad=True)
-    inner = masp_penalty(head[None, :], similarity(w))
-    (g,) = torch.autograd.grad(inner, [head], create_graph=True)
-    meta = ((head - 0.1 * g - torch.tensor([1.0, 1.0, 5.0])) ** 2).sum()
-    (grad_w,) = torch.autograd.grad(meta, [w])
+    params = {"q": torch.tensor([1.5, 0.5, 5.0], requires_grad=True)}  # Q(s, a) for one state
+    true_q = torch.tensor([1.0, 1.0, 5.0])
+
+    def inner_loss(p, s):
+        return masp_penalty(p["q"][None, :], s)
+
+    def meta_loss(p):
+        return ((p["q"] - true_q) ** 2).sum()
+
+    grad_w, meta = lookahead_meta_gradient(torch.zeros(3, 3), params, inner_loss, meta_loss, inner_lr=0.1)
+    # by hand: S = 1/2 off the diagonal, so R = (1/3) sum_{i<j} (q_i - q_j)^2, grad_q R = (-5, -11, 16) / 3,
+    # q' = q - 0.1 grad = (5/3, 13/15, 67/15), meta = (2/3)^2 + (2/15)^2 + (8/15)^2 = 0.74667
+    assert meta.item() == pytest.approx(4 / 9 + 4 / 225 + 64 / 225, rel=1e-5)
     sym = grad_w + grad_w.T
     assert sym[0, 1] < 0  # descent raises the similarity of the equal-valued pair
     assert sym[0, 2] > 0  # and lowers that of the dissimilar pair
+    # scale-free meta-steps (Adam, as the agent): a gradient 1e-8 times smaller moves W just as far
+    moved = []
+    for scale in (1.0, 1e-8):
+        w = torch.zeros(3, 3)
+        opt = torch.optim.Adam([w], lr=0.1, eps=1e-16)
+        for _ in range(5):
+            g, _ = lookahead_meta_gradient(w, params, inner_loss, lambda p: scale * meta_loss(p), 0.1)
+            w.grad = g
+            opt.step()
+        moved.append(similarity(w))
+    assert moved[0][0, 1] > 0.6 and moved[0][0, 2] < 0.4
+    assert torch.allclose(moved[0], moved[1], atol=1e-3)
 
 
 def test_overlap_initialisation():
