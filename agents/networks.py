@@ -11,6 +11,7 @@ import math
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plasticity.hooks import ACTIVATION_KINDS
@@ -112,6 +113,57 @@ def orthogonal_init(net: nn.Sequential, head_gain: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def can_run_paired(a: nn.Sequential, b: nn.Sequential) -> bool:
+    """Whether :func:`paired_forward` applies: equal convolution stacks (then Flatten) with
+    parameter-free activations in between, and no hooks that a fused call would bypass."""
+    if len(a) != len(b):
+        return False
+    for ma, mb in zip(a, b):
+        if type(ma) is not type(mb) or ma._forward_hooks or mb._forward_hooks or ma._forward_pre_hooks \
+                or mb._forward_pre_hooks:
+            return False
+        if isinstance(ma, nn.Flatten):
+            return any(isinstance(m, nn.Conv2d) for m in a)
+        if isinstance(ma, nn.Conv2d):
+            if any(getattr(ma, k) != getattr(mb, k) for k in ("in_channels", "out_channels", "kernel_size", "stride",
+                                                                 "padding", "dilation", "groups")) \
+                    or ma.groups != 1 or ma.bias is None or mb.bias is None or ma.padding_mode != "zeros":
+                return False
+        elif type(ma) not in ACTIVATION_KINDS:
+            return False
+    return False
+
+
+def paired_forward(a: nn.Sequential, b: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run two networks of equal convolutional structure (:func:`can_run_paired`) on the same input
+    as one network twice as wide: the first convolution with both networks' filters at once, the
+    later ones as grouped convolutions (groups=2), split at Flatten into the two Linear tails.
+
+    The same maths as ``a(x)``, ``b(x)`` (gradients reach each network's own parameters); fewer,
+    larger kernels, and one read of the shared input. Returns (a(x), b(x), a's pre-activations, the
+    inputs of its activation modules in order, for PFO).
+    """
+    pre: list[Tensor] = []
+    h, groups, tail = x, 1, 0
+    for tail, (ma, mb) in enumerate(zip(a, b)):
+        if isinstance(ma, nn.Flatten):
+            break
+        if isinstance(ma, nn.Conv2d):
+            h = F.conv2d(h, torch.cat([ma.weight, mb.weight]), torch.cat([ma.bias, mb.bias]), ma.stride,
+                         ma.padding, ma.dilation, groups)
+            groups = 2
+        else:
+            pre.append(h[:, :h.shape[1] // 2])
+            h = ma(h)
+    half = h.shape[1] // 2
+    ha, hb = h[:, :half], h[:, half:]
+    for ma, mb in zip(list(a)[tail:], list(b)[tail:]):
+        if type(ma) in ACTIVATION_KINDS:
+            pre.append(ha)
+        ha, hb = ma(ha), mb(hb)
+    return ha, hb, pre
+
+
 def forward_with_preactivations(net: nn.Sequential, x: Tensor, all_layers: bool) -> tuple[Tensor, Tensor]:
     """Run ``net`` and return (output, phi).
 
@@ -124,7 +176,12 @@ def forward_with_preactivations(net: nn.Sequential, x: Tensor, all_layers: bool)
         if type(module) in ACTIVATION_KINDS:
             pre.append(x)
         x = module(x)
+    return x, pfo_features(pre, all_layers)
+
+
+def pfo_features(pre: list[Tensor], all_layers: bool) -> Tensor:
+    """phi from the inputs of a network's activation modules: the last (the penultimate layer's
+    pre-activations) or, with ``all_layers``, all of them flattened and concatenated."""
     if not pre:
         raise ValueError("network has no activation module to take features from")
-    phi = torch.cat([p.flatten(1) for p in pre], 1) if all_layers else pre[-1].flatten(1)
-    return x, phi
+    return torch.cat([p.flatten(1) for p in pre], 1) if all_layers else pre[-1].flatten(1)

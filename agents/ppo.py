@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import Agent, check_finite
-from agents.networks import build_network, forward_with_preactivations, orthogonal_init, to_channels_last
+from agents.networks import (build_network, can_run_paired, forward_with_preactivations, orthogonal_init,
+                             paired_forward, pfo_features, to_channels_last)
 from configs import ConfigError, param
 from envs import Episode, VecEnv
 from plasticity.interventions import Interventions
@@ -233,6 +234,16 @@ class PPO(Agent):
         with self.autocast():
             return self._critic_tail(x).squeeze(-1).float()
 
+    def _policy_and_value(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits, phi, values): separate actor and critic CNNs run as one paired network when they can."""
+        actor, critic = self.actor[1:], self.critic[1:]
+        if self.cfg.shared_trunk or not can_run_paired(actor, critic):
+            return (*self._policy(x), self._value(x))
+        with self.autocast():
+            logits, values, pre = paired_forward(actor, critic, x)
+            phi = pfo_features(pre, self.cfg.pfo_all_layers)
+        return logits.float(), phi.float(), values.squeeze(-1).float()
+
     def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:
         return torch.cat([self._value(self._scaled(obs[i:i + chunk])) for i in range(0, obs.shape[0], chunk)])
 
@@ -277,13 +288,12 @@ class PPO(Agent):
     def _minibatch_loss(self, batch: "PPOBatch", idx: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """The PPO(+PFO) loss of one minibatch; returns (loss, its terms, log-ratios, advantages used)."""
         cfg, w = self.cfg, batch.valid[idx]
-        x = self._scaled(batch.obs[idx])
-        logits, phi = self._policy(x)
+        logits, phi, values = self._policy_and_value(self._scaled(batch.obs[idx]))
         log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[idx, None]).squeeze(1) - batch.logprobs[idx]
         adv = normalize_advantages(batch.advantages[idx], w) if cfg.norm_adv else batch.advantages[idx]
         policy_loss = clipped_surrogate_loss(log_ratio, adv, cfg.clip_eps, w)
         entropy = masked_mean(categorical_entropy(logits), w)
-        value_loss = masked_mean((self._value(x) - batch.returns[idx]) ** 2, w)
+        value_loss = masked_mean((values - batch.returns[idx]) ** 2, w)
         feature_loss = pfo_loss(phi, batch.features[idx], w)
         loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
         if cfg.pfo_coef > 0:

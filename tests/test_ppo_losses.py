@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from agents.networks import forward_with_preactivations, nature_cnn
+from agents.networks import (can_run_paired, forward_with_preactivations, mlp, nature_cnn, paired_forward,
+                             pfo_features, to_channels_last)
 from agents.ppo import (categorical_entropy, clipped_surrogate_loss, gae, masked_mean, normalize_advantages,
                         pfo_loss)
 from plasticity.policy import (categorical_kl, clip_fraction, excess_ratio_tail, kl_k1, kl_k3,
@@ -138,3 +139,46 @@ def test_trust_region_ratios_and_excess_ratio():
     # too few points in the window: the last min_points logged values, NaNs skipped
     assert excess_ratio_tail([10, 50, 94, 95, 100], [1.0, 9.0, math.nan, 2.0, 4.0], 100, min_points=3) == pytest.approx(5.0)
     assert math.isnan(excess_ratio_tail([10], [math.nan], 100))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_paired_forward_is_the_two_networks_forwards(channels_last):
+    """Actor and critic run as one paired network give the same outputs, PFO features (every layer's
+    pre-activations) and gradients as running each on its own."""
+    torch.manual_seed(0)
+    actor, critic = nature_cnn((4, 84, 84), 6), nature_cnn((4, 84, 84), 1)
+    if channels_last:
+        to_channels_last(actor)
+        to_channels_last(critic)
+    a, c = actor[1:], critic[1:]
+    assert can_run_paired(a, c)
+    x = actor.scale(torch.randint(0, 255, (5, 4, 84, 84), dtype=torch.uint8))
+    grads = []
+    for paired in (False, True):
+        actor.zero_grad()
+        critic.zero_grad()
+        if paired:
+            out_a, out_c, pre = paired_forward(a, c, x)
+            phi = pfo_features(pre, all_layers=True)
+        else:
+            out_a, phi = forward_with_preactivations(a, x, all_layers=True)
+            out_c = c(x)
+        (out_a.square().sum() + out_c.sum() + phi.sum()).backward()
+        grads.append((out_a.detach(), out_c.detach(), phi.detach(),
+                      [p.grad.clone() for p in [*actor.parameters(), *critic.parameters()]]))
+    (a0, c0, phi0, g0), (a1, c1, phi1, g1) = grads
+    assert torch.allclose(a0, a1, atol=1e-5) and torch.allclose(c0, c1, atol=1e-5)
+    assert phi0.shape == phi1.shape and torch.allclose(phi0, phi1, atol=1e-5)
+    for u, v in zip(g0, g1):
+        assert torch.allclose(u, v, rtol=1e-4, atol=1e-5 * float(u.abs().max()))
+
+
+def test_paired_forward_declines_what_it_cannot_fuse():
+    torch.manual_seed(0)
+    actor, critic = nature_cnn((4, 84, 84), 6), nature_cnn((4, 84, 84), 1)
+    assert not can_run_paired(mlp((4,), 2), mlp((4,), 1))  # no convolutions: nothing to fuse
+    assert not can_run_paired(actor[1:], nature_cnn((4, 84, 84), 1, hidden=256)[2:])  # other structure
+    handle = actor.act2.register_forward_hook(lambda *_: None)  # a hook the fused call would bypass
+    assert not can_run_paired(actor[1:], critic[1:])
+    handle.remove()
+    assert can_run_paired(actor[1:], critic[1:])

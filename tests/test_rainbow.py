@@ -242,3 +242,28 @@ def test_rainbow_runs_and_logs_replay_statistics_and_similarity(agent, precision
                                 str(tmp_path / "t" / "full")]) == 0
         c = torch.load(tmp_path / "t" / "transfer" / "checkpoints" / "step_000000000000.pt", weights_only=False)
         assert torch.equal(c["agent"]["w"], a["w"])
+
+
+def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
+    """The masp.md table of how far S moved: two seeds that both raised S(0, 2) by the same logit
+    agree perfectly (correlation +1), and the largest rise is that pair."""
+    from runners.experiments import similarity_changes
+    from runners.storage import CHECKPOINT_FORMAT, atomic_torch_save
+    actions = [[0], [1], [0, 0]]
+    run_dirs = {}
+    for seed, step in ((1, 1.0), (2, 0.5)):
+        w = overlap_init(actions)
+        w[0, 2] += step
+        w[2, 0] += step
+        w[0, 1] -= step / 2
+        w[1, 0] -= step / 2
+        run_dir = tmp_path / f"s{seed}"
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "agent": {"w": w, "actions": actions}},
+                          run_dir / "checkpoints" / "latest.pt")
+        run_dirs[("MASP minatar Breakout", seed)] = run_dir
+    run_dirs[("naive macros minatar Breakout", 1)] = tmp_path / "ignored"
+    changes, lines = similarity_changes(run_dirs, [1, 2])
+    expected = float(torch.sigmoid(torch.tensor(3.0)) - torch.sigmoid(torch.tensor(2.0)))  # overlap logit 2, +1
+    assert changes["Breakout"][0][0, 2] == pytest.approx(expected, rel=1e-5)
+    assert f"+{expected:.3f} (0, 0+0)" in lines[2]
+    assert lines[-1] == "- Breakout: correlation between seeds +1.00"
