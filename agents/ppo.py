@@ -16,7 +16,8 @@ does, top to bottom:
    (incomplete last minibatch dropped) and minimise
    ``-clipped surrogate - ent_coef * entropy + vf_coef * MSE(value) + pfo_coef * L_PFO``
    with advantages normalised per minibatch, one backward pass, gradients clipped per
-   network, separate Adam optimisers for actor and critic.
+   network, separate Adam optimisers for actor and critic. (For speed the two CNNs run as
+   one paired network, ``agents.networks.paired_forward``: the same maths, fewer kernels.)
 4. Optionally anneal the learning rate linearly and reset Adam's state after each batch.
 
 Where this differs from the official code, by choice:

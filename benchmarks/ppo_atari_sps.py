@@ -61,13 +61,14 @@ def time_forward_backward(nets: list[nn.Module], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def training_sps(precision: str, iterations: int, root: Path, tag: str) -> tuple[float, float]:
+def training_sps(precision: str, iterations: int, root: Path, tag: str, sets: list[str]) -> tuple[float, float]:
     """(median per-iteration steps/s, overall steps/s) of a short ppo_pfo run."""
     name = f"{precision}-{tag}"
     t0 = time.perf_counter()
     rc = run_atari("atari", ["--agent", "ppo_pfo", "--env", "Breakout", "--total-steps", str(1024 * iterations),
                              "--set", f"ppo.precision={precision}", "--results-dir", str(root), "--experiment", "bench",
-                             "--run-name", name, "--no-progress", "--set", "run.checkpoint_steps=100000000"])
+                             "--run-name", name, "--no-progress", "--set", "run.checkpoint_steps=100000000",
+                             *(a for field in sets for a in ("--set", field))])
     wall = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"benchmark run failed with status {rc}")
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--iterations", type=int, default=12, help="PPO iterations (1024 steps) per run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config override for the training runs (repeatable), e.g. ppo.channels_last=false")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -93,7 +96,7 @@ def main() -> None:
             ceil_one.append(BATCH / time_forward_backward(one) / EPOCHS)
             ceil_two.append(BATCH / time_forward_backward(two) / EPOCHS)
             for p in args.precision:
-                it_sps, all_sps = training_sps(p, args.iterations, Path(tmp), str(r))
+                it_sps, all_sps = training_sps(p, args.iterations, Path(tmp), str(r), args.set)
                 sps[p].append(it_sps)
                 overall[p].append(all_sps)
                 print(f"repeat {r}: {p} {it_sps:.0f} steps/s (overall {all_sps:.0f}); ceilings "
@@ -104,7 +107,7 @@ def main() -> None:
     print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
           f"Python {platform.python_version()}")
     print(f"command: python benchmarks/ppo_atari_sps.py --precision {' '.join(args.precision)} "
-          f"--iterations {args.iterations} --repeats {args.repeats}\n")
+          f"--iterations {args.iterations} --repeats {args.repeats}{''.join(f' --set {f}' for f in args.set)}\n")
     print("| figure | median steps/s | runs |")
     print("|---|---|---|")
     print(f"| ceiling, one Nature CNN fwd+bwd @256 eager fp32 / {EPOCHS} epochs | {c1:.0f} | "
