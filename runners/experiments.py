@@ -452,7 +452,7 @@ def similarity_changes(run_dirs, seeds: list[int]) -> tuple[dict[str, list[np.nd
     changes: dict[str, list[np.ndarray]] = {}
     lines = ["| game | seed | max abs change of S | mean abs change | largest rise (pair) | largest fall (pair) |",
              "|---|---|---|---|---|---|"]
-    correlations = []
+    correlations, all_pairs = [], []
     for (label, seed), run_dir in sorted(run_dirs.items()):
         if not label.startswith("MASP minatar"):
             continue
@@ -469,7 +469,12 @@ def similarity_changes(run_dirs, seeds: list[int]) -> tuple[dict[str, list[np.nd
         upper = np.triu_indices(deltas[0].shape[0], 1)
         pairs = [float(np.corrcoef(a[upper], b[upper])[0, 1]) for i, a in enumerate(deltas) for b in deltas[i + 1:]]
         correlations.append(f"- {game}: correlation between seeds {', '.join(f'{c:+.2f}' for c in pairs)}")
-    return changes, lines + [""] + correlations
+        all_pairs += pairs
+    mean = float(np.mean(all_pairs)) if all_pairs else math.nan
+    verdict = (f"Mean correlation {mean:+.2f}: " + (
+        "the seeds learn different similarities, so at this budget the direction of the meta-gradient is mostly "
+        "noise." if mean < 0.5 else "the seeds learn a similar structure."))
+    return changes, lines + [""] + correlations + ["", verdict]
 
 
 def masp(args) -> None:

@@ -266,4 +266,5 @@ def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
     expected = float(torch.sigmoid(torch.tensor(3.0)) - torch.sigmoid(torch.tensor(2.0)))  # overlap logit 2, +1
     assert changes["Breakout"][0][0, 2] == pytest.approx(expected, rel=1e-5)
     assert f"+{expected:.3f} (0, 0+0)" in lines[2]
-    assert lines[-1] == "- Breakout: correlation between seeds +1.00"
+    assert lines[-3] == "- Breakout: correlation between seeds +1.00"
+    assert lines[-1].startswith("Mean correlation +1.00: the seeds learn a similar structure")
