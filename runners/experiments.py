@@ -531,12 +531,12 @@ def masp(args) -> None:
     changes, drift_lines = similarity_changes(all_dirs, seeds)
     state = load_checkpoint(source / "checkpoints" / "latest.pt")["agent"]
     names = ["+".join(map(str, a)) for a in state["actions"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, mat, title, cmap in ((axes[0], similarity(state["w"]).numpy(), "learned S", "viridis"),
                                  (axes[1], changes["Breakout"][0], "S minus its initialisation", "coolwarm")):
         lim = float(np.abs(mat).max()) or 1.0
         im = ax.imshow(mat, cmap=cmap, **({"vmin": -lim, "vmax": lim} if cmap == "coolwarm" else {}))
-        ax.set(xticks=range(len(names)), yticks=range(len(names)), title=f"{title}, MinAtar Breakout (seed {seeds[0]})")
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), title=f"{title}\n(MinAtar Breakout, seed {seeds[0]})")
         ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_yticklabels(names, fontsize=7)
         fig.colorbar(im, ax=ax)
