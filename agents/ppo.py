@@ -236,13 +236,18 @@ class PPO(Agent):
             return self._critic_tail(x).squeeze(-1).float()
 
     def _policy_and_value(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(logits, phi, values): separate actor and critic CNNs run as one paired network when they can."""
+        """(logits, phi, values): a shared trunk runs once for both heads; separate actor and critic
+        CNNs run as one paired network when they can."""
         actor, critic = self.actor[1:], self.critic[1:]
-        if self.cfg.shared_trunk or not can_run_paired(actor, critic):
-            return (*self._policy(x), self._value(x))
         with self.autocast():
-            logits, values, pre = paired_forward(actor, critic, x)
-            phi = pfo_features(pre, self.cfg.pfo_all_layers)
+            if self.cfg.shared_trunk:
+                hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
+                logits, values = self.actor.head(hidden), self.critic.head(hidden)
+            elif can_run_paired(actor, critic):
+                logits, values, pre = paired_forward(actor, critic, x)
+                phi = pfo_features(pre, self.cfg.pfo_all_layers)
+            else:
+                return (*self._policy(x), self._value(x))
         return logits.float(), phi.float(), values.squeeze(-1).float()
 
     def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:

@@ -182,3 +182,39 @@ def test_paired_forward_declines_what_it_cannot_fuse():
     assert not can_run_paired(actor[1:], critic[1:])
     handle.remove()
     assert can_run_paired(actor[1:], critic[1:])
+
+
+@pytest.mark.parametrize("shared_trunk", [False, True])
+def test_ppo_minibatch_loss_is_the_same_on_the_fast_paths(shared_trunk, monkeypatch):
+    """The update's fast paths (a shared trunk run once for both heads; separate CNNs paired) give the
+    loss and gradients of running the actor and the critic one after the other."""
+    from agents import get_agent
+    from envs import make_vec_env
+    from plasticity.interventions import Interventions
+    from runners.cli import config_files, resolve
+    spec = get_agent("ppo_pfo", "minatar")
+    sections, _ = resolve("minatar", spec, config_files("minatar", spec),
+                          [("env.id", "Breakout"), ("env.num_envs", "2"), ("ppo.num_steps", "16"),
+                           ("ppo.minibatch_size", "8"), ("ppo.shared_trunk", str(shared_trunk).lower())])
+    envs = make_vec_env("minatar", sections["env"], 0)
+    agent = spec.load()(sections["ppo"], envs, torch.device("cpu"), 64, 0, Interventions(sections["interventions"]))
+    agent.collect()
+    with torch.no_grad():  # move the networks off the rollout parameters so the PFO term is not zero
+        for p in [*agent.actor.parameters(), *agent.critic.parameters()]:
+            p.add_(0.01 * torch.randn_like(p))
+    batch, idx = agent._prepare_batch(), torch.arange(8)
+    results = []
+    for fast in (True, False):
+        if not fast:  # the reference: actor and critic forwards one after the other
+            monkeypatch.setattr(agent, "_policy_and_value", lambda x: (*agent._policy(x), agent._value(x)))
+        for opt in agent.optimizers():
+            opt.zero_grad(set_to_none=True)
+        loss, terms, _, _ = agent._minibatch_loss(batch, idx)
+        loss.backward()
+        params = list({id(p): p for p in [*agent.actor.parameters(), *agent.critic.parameters()]}.values())
+        results.append((loss.detach(), terms["losses/pfo"].detach(), [p.grad.clone() for p in params]))
+    (l0, f0, g0), (l1, f1, g1) = results
+    assert f0 > 0 and torch.allclose(l0, l1, rtol=1e-5) and torch.allclose(f0, f1, rtol=1e-5)
+    for u, v in zip(g0, g1):
+        assert torch.allclose(u, v, rtol=1e-4, atol=1e-6)
+    envs.close()
