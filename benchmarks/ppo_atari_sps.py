@@ -1,7 +1,7 @@
 """Training throughput of ppo_pfo on Atari, against the network-only compute ceiling measured in the same run.
 
     python benchmarks/ppo_atari_sps.py                    # fp32 (the paper's numerics)
-    python benchmarks/ppo_atari_sps.py --precision fp32 bf16 --repeats 3
+    python benchmarks/ppo_atari_sps.py --precision fp32 bf16 --trunk separate shared --repeats 3
 
 Setting (the issue's): Breakout, envpool, 8 envs x 128 steps, 4 epochs, 4 minibatches of 256,
 plasticity diagnostics on at the default schedule. Each repeat alternates
@@ -9,7 +9,9 @@ plasticity diagnostics on at the default schedule. Each repeat alternates
 1. the compute ceiling: eager fp32 forward+backward of plain ``nn.Sequential`` Nature CNNs at
    minibatch 256 (NCHW, float input), as throughput / epochs, for one CNN (the issue's
    definition) and for the two CNNs PPO+PFO trains (separate actor and critic);
-2. a short training run through the real runner (``runners.atari``) per precision,
+2. a short training run through the real runner (``runners.atari``) per precision and
+   architecture: ``separate`` actor and critic CNNs (the PFO paper's, the default) or a
+   ``shared`` trunk (``ppo.shared_trunk=true``: one CNN, as in the ceiling and in CleanRL's PPO),
 
 so that machine noise hits every figure alike. Training steps/s is the median over the
 iterations after the first two (compilation of kernels, allocator warm-up) of
@@ -61,12 +63,14 @@ def time_forward_backward(nets: list[nn.Module], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def training_sps(precision: str, iterations: int, root: Path, tag: str, sets: list[str]) -> tuple[float, float]:
+def training_sps(precision: str, trunk: str, iterations: int, root: Path, tag: str,
+                 sets: list[str]) -> tuple[float, float]:
     """(median per-iteration steps/s, overall steps/s) of a short ppo_pfo run."""
-    name = f"{precision}-{tag}"
+    name = f"{trunk}-{precision}-{tag}"
     t0 = time.perf_counter()
     rc = run_atari("atari", ["--agent", "ppo_pfo", "--env", "Breakout", "--total-steps", str(1024 * iterations),
-                             "--set", f"ppo.precision={precision}", "--results-dir", str(root), "--experiment", "bench",
+                             "--set", f"ppo.precision={precision}",
+                             "--set", f"ppo.shared_trunk={str(trunk == 'shared').lower()}", "--results-dir", str(root), "--experiment", "bench",
                              "--run-name", name, "--no-progress", "--set", "run.checkpoint_steps=100000000",
                              *(a for field in sets for a in ("--set", field))])
     wall = time.perf_counter() - t0
@@ -80,6 +84,8 @@ def training_sps(precision: str, iterations: int, root: Path, tag: str, sets: li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--trunk", nargs="+", default=["separate"], choices=["separate", "shared"],
+                        help="separate actor and critic CNNs (the paper's) and/or a shared trunk")
     parser.add_argument("--iterations", type=int, default=12, help="PPO iterations (1024 steps) per run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -89,17 +95,18 @@ def main() -> None:
     torch.manual_seed(0)
     one, two = [plain_nature_cnn(4)], [plain_nature_cnn(4), plain_nature_cnn(1)]
     ceil_one, ceil_two = [], []
-    sps: dict[str, list[float]] = {p: [] for p in args.precision}
-    overall: dict[str, list[float]] = {p: [] for p in args.precision}
+    arms = [(t, p) for t in args.trunk for p in args.precision]
+    sps: dict[tuple[str, str], list[float]] = {a: [] for a in arms}
+    overall: dict[tuple[str, str], list[float]] = {a: [] for a in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             ceil_one.append(BATCH / time_forward_backward(one) / EPOCHS)
             ceil_two.append(BATCH / time_forward_backward(two) / EPOCHS)
-            for p in args.precision:
-                it_sps, all_sps = training_sps(p, args.iterations, Path(tmp), str(r), args.set)
-                sps[p].append(it_sps)
-                overall[p].append(all_sps)
-                print(f"repeat {r}: {p} {it_sps:.0f} steps/s (overall {all_sps:.0f}); ceilings "
+            for t, p in arms:
+                it_sps, all_sps = training_sps(p, t, args.iterations, Path(tmp), str(r), args.set)
+                sps[t, p].append(it_sps)
+                overall[t, p].append(all_sps)
+                print(f"repeat {r}: {t} {p} {it_sps:.0f} steps/s (overall {all_sps:.0f}); ceilings "
                       f"one CNN {ceil_one[-1]:.0f}, two CNNs {ceil_two[-1]:.0f}", file=sys.stderr)
 
     m = machine_description(torch.device("cpu"))
@@ -107,6 +114,7 @@ def main() -> None:
     print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
           f"Python {platform.python_version()}")
     print(f"command: python benchmarks/ppo_atari_sps.py --precision {' '.join(args.precision)} "
+          f"--trunk {' '.join(args.trunk)} "
           f"--iterations {args.iterations} --repeats {args.repeats}{''.join(f' --set {f}' for f in args.set)}\n")
     print("| figure | median steps/s | runs |")
     print("|---|---|---|")
@@ -114,15 +122,16 @@ def main() -> None:
           f"{', '.join(f'{v:.0f}' for v in ceil_one)} |")
     print(f"| ceiling, actor + critic CNNs fwd+bwd @256 eager fp32 / {EPOCHS} epochs | {c2:.0f} | "
           f"{', '.join(f'{v:.0f}' for v in ceil_two)} |")
-    for p in args.precision:
-        s = statistics.median(sps[p])
-        print(f"| ppo_pfo training, {p}, diagnostics on | {s:.0f} | {', '.join(f'{v:.0f}' for v in sps[p])} |")
-        print(f"| ppo_pfo training incl. start-up and logging, {p} | {statistics.median(overall[p]):.0f} | "
-              f"{', '.join(f'{v:.0f}' for v in overall[p])} |")
+    for a in arms:
+        s = statistics.median(sps[a])
+        print(f"| ppo_pfo training, {a[0]} trunk, {a[1]}, diagnostics on | {s:.0f} | "
+              f"{', '.join(f'{v:.0f}' for v in sps[a])} |")
+        print(f"| ppo_pfo training incl. start-up and logging, {a[0]} trunk, {a[1]} | "
+              f"{statistics.median(overall[a]):.0f} | {', '.join(f'{v:.0f}' for v in overall[a])} |")
     print()
-    for p in args.precision:
-        s = statistics.median(sps[p])
-        print(f"{p}: {s / c1:.2f} x the one-CNN ceiling, {s / c2:.2f} x the actor+critic ceiling")
+    for a in arms:
+        s = statistics.median(sps[a])
+        print(f"{a[0]} trunk, {a[1]}: {s / c1:.2f} x the one-CNN ceiling, {s / c2:.2f} x the actor+critic ceiling")
 
 
 if __name__ == "__main__":
