@@ -250,8 +250,13 @@ class PPO(Agent):
                 return (*self._policy(x), self._value(x))
         return logits.float(), phi.float(), values.squeeze(-1).float()
 
-    def _values_chunked(self, obs: Tensor, chunk: int = 1024) -> Tensor:
-        return torch.cat([self._value(self._scaled(obs[i:i + chunk])) for i in range(0, obs.shape[0], chunk)])
+    # inference in chunks of the minibatch size: 1,024-observation chunks spill out of the CPU caches
+    # (the critic over a 1,032-step rollout: 213 ms in chunks of 1,024, 133 ms in chunks of 256, 2-core EPYC)
+    INFERENCE_CHUNK = 256
+
+    def _values_chunked(self, obs: Tensor) -> Tensor:
+        c = self.INFERENCE_CHUNK
+        return torch.cat([self._value(self._scaled(obs[i:i + c])) for i in range(0, obs.shape[0], c)])
 
     # -- 1. collect --------------------------------------------------------------------------
     @torch.no_grad()
@@ -284,7 +289,8 @@ class PPO(Agent):
         cfg, B = self.cfg, self.batch_size
         obs = self.obs.reshape(B, *self.obs.shape[2:])
         with torch.no_grad():
-            values = self._values_chunked(torch.cat([obs, self.next_obs])).reshape(self.num_steps + 1, self.num_envs)
+            values = torch.cat([self._values_chunked(obs), self._values_chunked(self.next_obs)])
+            values = values.reshape(self.num_steps + 1, self.num_envs)
             adv = gae(self.rewards, values, self.terminated, self.dones, cfg.gamma, cfg.gae_lambda,
                       cfg.bootstrap_truncated)
             returns = (adv + values[:-1]).reshape(B)
@@ -353,10 +359,11 @@ class PPO(Agent):
         return self._minibatch_loss(self._batch, torch.arange(self.cfg.minibatch_size, device=self.device))[0]
 
     @torch.no_grad()
-    def trust_region_metrics(self, batch: "PPOBatch", chunk: int = 1024) -> dict[str, float]:
+    def trust_region_metrics(self, batch: "PPOBatch") -> dict[str, float]:
         """After the last epoch, on the whole batch: how far the policy moved (PFO's metrics)."""
         keep = batch.valid > 0
-        outs = [self._policy(self._scaled(batch.obs[i:i + chunk])) for i in range(0, batch.obs.shape[0], chunk)]
+        c = self.INFERENCE_CHUNK
+        outs = [self._policy(self._scaled(batch.obs[i:i + c])) for i in range(0, batch.obs.shape[0], c)]
         logits = torch.cat([o[0] for o in outs])[keep]
         phi = torch.cat([o[1] for o in outs])[keep]
         log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[keep, None]).squeeze(1) - batch.logprobs[keep]
