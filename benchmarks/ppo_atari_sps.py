@@ -131,7 +131,10 @@ def main() -> None:
     print()
     for a in arms:
         s = statistics.median(sps[a])
-        print(f"{a[0]} trunk, {a[1]}: {s / c1:.2f} x the one-CNN ceiling, {s / c2:.2f} x the actor+critic ceiling")
+        per_repeat = [v / c for v, c in zip(sps[a], ceil_one)]
+        print(f"{a[0]} trunk, {a[1]}: {s / c1:.2f} x the one-CNN ceiling, {s / c2:.2f} x the actor+critic ceiling; "
+              f"repeat by repeat {', '.join(f'{r:.2f}' for r in per_repeat)} x the one-CNN ceiling of the same "
+              f"repeat (median {statistics.median(per_repeat):.2f})")
 
 
 if __name__ == "__main__":
