@@ -386,8 +386,8 @@ class Rainbow(OffPolicyAgent):
         def meta_loss(params):
             return (w2 * self.td_losses(functional_call(self.heads_view, params, (f2,)), b2, t2)).mean()
 
-        grad_w, meta = lookahead_meta_gradient(self.w, dict(self.heads_view.named_parameters()), inner_loss, meta_loss,
-                                         cfg.masp_inner_lr)
+        head = dict(self.heads_view.named_parameters())
+        grad_w, meta = lookahead_meta_gradient(self.w, head, inner_loss, meta_loss, cfg.masp_inner_lr)
         self.w.grad = grad_w
         self.w_optimizer.step()
         self.w.grad = None

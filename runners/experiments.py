@@ -446,7 +446,7 @@ def final_returns(run_dirs, label: str, seeds: list[int]) -> tuple[tuple[float, 
     return final, auc
 
 
-def similarity_changes(run_dirs, seeds: list[int]) -> tuple[dict[str, list[np.ndarray]], list[str]]:
+def similarity_changes(run_dirs) -> tuple[dict[str, list[np.ndarray]], list[str]]:
     """S minus its overlap initialisation for every MinAtar MASP run, and a table of how far it moved
     and how alike the seeds' changes are."""
     changes: dict[str, list[np.ndarray]] = {}
@@ -528,7 +528,7 @@ def masp(args) -> None:
                         f"{ {1: 'is better', 0: 'is not distinguishable', -1: 'is worse'}[interval_order(res['MASP'], res['primitives'])]}.")
     # the learned similarity of the first MinAtar game, and a transfer run to a game with as many actions
     source = all_dirs[(f"MASP minatar Breakout", seeds[0])]
-    changes, drift_lines = similarity_changes(all_dirs, seeds)
+    changes, drift_lines = similarity_changes(all_dirs)
     state = load_checkpoint(source / "checkpoints" / "latest.pt")["agent"]
     names = ["+".join(map(str, a)) for a in state["actions"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))

@@ -262,7 +262,7 @@ def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
                           run_dir / "checkpoints" / "latest.pt")
         run_dirs[("MASP minatar Breakout", seed)] = run_dir
     run_dirs[("naive macros minatar Breakout", 1)] = tmp_path / "ignored"
-    changes, lines = similarity_changes(run_dirs, [1, 2])
+    changes, lines = similarity_changes(run_dirs)
     expected = float(torch.sigmoid(torch.tensor(3.0)) - torch.sigmoid(torch.tensor(2.0)))  # overlap logit 2, +1
     assert changes["Breakout"][0][0, 2] == pytest.approx(expected, rel=1e-5)
     assert f"+{expected:.3f} (0, 0+0)" in lines[2]
