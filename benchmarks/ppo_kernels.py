@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.networks import nature_cnn, paired_forward, to_channels_last  # noqa: E402
+from ppo_atari_sps import plain_nature_cnn  # noqa: E402  (this folder is first on sys.path)
 from runners.train import machine_description  # noqa: E402
 
 BATCH = 256
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
-    plain = nn.Sequential(*list(nature_cnn((4, 84, 84), 4).children())[1:])
+    plain = plain_nature_cnn(4)
     actor, critic = to_channels_last(nature_cnn((4, 84, 84), 4)), to_channels_last(nature_cnn((4, 84, 84), 1))
     pixels = torch.randint(0, 256, (BATCH, 4, 84, 84), dtype=torch.uint8)
     floats = pixels.float() / 255

@@ -446,6 +446,11 @@ def final_returns(run_dirs, label: str, seeds: list[int]) -> tuple[tuple[float, 
     return final, auc
 
 
+def action_names(actions: list[list[int]]) -> list[str]:
+    """Readable names of a run's actions: a primitive's index, a macro's primitives joined by '+'."""
+    return ["+".join(map(str, a)) for a in actions]
+
+
 def similarity_changes(run_dirs) -> tuple[dict[str, list[np.ndarray]], list[str]]:
     """S minus its overlap initialisation for every MinAtar MASP run, and a table of how far it moved
     and how alike the seeds' changes are."""
@@ -460,7 +465,7 @@ def similarity_changes(run_dirs) -> tuple[dict[str, list[np.ndarray]], list[str]
         state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["agent"]
         delta = (similarity(state["w"]) - similarity(overlap_init(state["actions"]))).numpy()
         changes.setdefault(game, []).append(delta)
-        names = ["+".join(map(str, a)) for a in state["actions"]]
+        names = action_names(state["actions"])
         up, down = np.unravel_index(delta.argmax(), delta.shape), np.unravel_index(delta.argmin(), delta.shape)
         lines.append(f"| {game} | {seed} | {np.abs(delta).max():.3f} | {np.abs(delta).mean():.4f} | "
                      f"{delta[up]:+.3f} ({names[up[0]]}, {names[up[1]]}) | "
@@ -530,7 +535,7 @@ def masp(args) -> None:
     source = all_dirs[(f"MASP minatar Breakout", seeds[0])]
     changes, drift_lines = similarity_changes(all_dirs)
     state = load_checkpoint(source / "checkpoints" / "latest.pt")["agent"]
-    names = ["+".join(map(str, a)) for a in state["actions"]]
+    names = action_names(state["actions"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, mat, title, cmap in ((axes[0], similarity(state["w"]).numpy(), "learned S", "viridis"),
                                  (axes[1], changes["Breakout"][0], "S minus its initialisation", "coolwarm")):
