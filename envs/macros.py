@@ -172,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         actions = np.stack([replay["actions"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
         valid = np.stack([replay["valid"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
         macros = mine_ngrams(actions, valid, args.n, args.top, num_primitives)
+        text = yaml.safe_dump(macros, default_flow_style=None)
+        if args.out:
+            atomic_write_text(args.out, text)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = yaml.safe_dump(macros, default_flow_style=None)
     if args.out:
-        atomic_write_text(args.out, text)
         print(f"wrote {len(macros)} macros to {args.out}; use --set rainbow.macros=file:{args.out}", file=sys.stderr)
     else:
         print(text, end="")

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.run_dir
         if not (run_dir / "run.json").is_file() or not (run_dir / "probe.pt").is_file():
             raise ConfigError(f"{run_dir} is not a run directory with a probe batch (run.json, probe.pt)")
-        from runners.storage import atomic_write_text, load_checkpoint
+        from runners.storage import atomic_write_text, load_checkpoint, make_dir
         agent, envs, run_lr = build_agent(run_dir)
         inputs = torch.load(run_dir / "probe.pt", map_location="cpu")
         rows = []
@@ -138,16 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((step, name, loss))
                 print(f"step {step}: {name} {args.kind} loss {loss:.4g}", file=sys.stderr)
         envs.close()
+        out = run_dir / "probes"
+        make_dir(out)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["step", "network", "loss"])
+        writer.writerows(rows)
+        atomic_write_text(out / f"{args.kind}.csv", buf.getvalue())
+        plot(rows, out / f"{args.kind}.png", args.kind)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = run_dir / "probes"
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["step", "network", "loss"])
-    writer.writerows(rows)
-    atomic_write_text(out / f"{args.kind}.csv", buf.getvalue())
-    plot(rows, out / f"{args.kind}.png", args.kind)
     print(f"wrote {out / (args.kind + '.csv')}", file=sys.stderr)
     return 0
 
@@ -163,11 +164,9 @@ def plot(rows: list[tuple[int, str, float]], path: Path, kind: str) -> None:
     ax.set(xlabel="agent steps", ylabel=f"{kind} loss (lower = more {kind})", yscale="log")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    from runners.storage import atomic_savefig
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
-    from runners.storage import atomic_write_bytes
-    atomic_write_bytes(path, buf.getvalue())
 
 
 if __name__ == "__main__":

@@ -241,18 +241,19 @@ def main(argv: list[str] | None = None) -> int:
         if any(not 0 <= p <= 1 for p in args.points):
             raise ConfigError(f"--points must lie in [0, 1], got {args.points}")
         rows, overall = aggregate(args.root, args.points, args.reps)
+        from runners.storage import atomic_write_text, make_dir
+        out = args.out or args.root
+        make_dir(out)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out / "aggregate.csv", buf.getvalue())
+        text = markdown(rows, overall)
+        atomic_write_text(out / "aggregate.md", text)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from runners.storage import atomic_write_text
-    out = args.out or args.root
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "aggregate.csv", buf.getvalue())
-    text = markdown(rows, overall)
-    atomic_write_text(out / "aggregate.md", text)
     print(text)
     print(f"wrote {out / 'aggregate.csv'} and {out / 'aggregate.md'}", file=sys.stderr)
     return 0

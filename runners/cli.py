@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import textwrap
 import time
@@ -83,6 +84,9 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
                         help="override one field, e.g. --set ppo.epochs=8 (repeatable); "
                              "--ppo.epochs=8 works too")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
+    parser.add_argument("--checkpoint", metavar="NAME",
+                        help="with --resume: continue from this checkpoint of RUN_DIR/checkpoints/ instead of latest.pt "
+                             "(e.g. step_000000004096.pt)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (shortcut for run.progress=false)")
     return parser
@@ -180,8 +184,10 @@ def main(suite: str, argv: list[str] | None = None) -> int:
     try:
         overrides = shortcut_overrides(args)
         overrides += [parse_assignment(s) for s in args.set + split_dotted_flags(extra)]
+        if args.checkpoint and not args.resume:
+            raise ConfigError("--checkpoint names the checkpoint to resume from: use it with --resume RUN_DIR")
         if args.resume:
-            return resume(suite, Path(args.resume), overrides)
+            return resume(suite, Path(args.resume), overrides, args.checkpoint)
         spec = get_agent(args.agent, suite)
         extra_files = [Path(f) for f in args.config]
         for f in extra_files:
@@ -200,11 +206,18 @@ def main(suite: str, argv: list[str] | None = None) -> int:
         return 2
 
 
-def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]]) -> int:
-    from runners.storage import load_checkpoint
-    missing = [name for name in ("run.json", "config.yaml", "checkpoints/latest.pt") if not (run_dir / name).is_file()]
+def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]], checkpoint: str | None = None) -> int:
+    from runners.storage import load_checkpoint, newest_readable_checkpoint
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_path = ckpt_dir / (checkpoint or "latest.pt")
+    if checkpoint is not None and Path(checkpoint).name != checkpoint:
+        raise ConfigError(f"--checkpoint takes a file name in {ckpt_dir}, e.g. step_000000004096.pt; got {checkpoint}")
+    missing = [name for name in ("run.json", "config.yaml", f"checkpoints/{ckpt_path.name}")
+               if not (run_dir / name).is_file()]
     if missing:
-        raise ConfigError(f"{run_dir} is not a run directory (missing {', '.join(missing)})")
+        available = sorted(p.name for p in ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
+        hint = f"; checkpoints there: {', '.join(available[-3:])}" if available and missing[-1].startswith("check") else ""
+        raise ConfigError(f"{run_dir} is not a run directory (missing {', '.join(missing)}){hint}")
     try:
         meta = json.loads((run_dir / "run.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -228,22 +241,35 @@ def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]]) -> int:
     if added:
         print(f"note: {run_dir} has no value for {', '.join(added)} (added since it started); "
               "using this version's defaults", file=sys.stderr)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except ConfigError as exc:
+        newest = newest_readable_checkpoint(ckpt_dir)
+        if newest is None or newest.name == ckpt_path.name:
+            raise ConfigError(f"{exc}; {ckpt_dir} holds no readable step checkpoint to resume from instead") from None
+        raise ConfigError(f"{exc}; the newest readable checkpoint is {newest.name}: continue from it with "
+                          f"--resume {run_dir} --checkpoint {newest.name}") from None
     if ckpt["agent"]["env_steps"] >= sections["run"].total_steps:
         print(f"{run_dir} already reached run.total_steps={sections['run'].total_steps}; nothing to do "
               "(raise it with --total-steps to train further)", file=sys.stderr)
         return 0
-    return start(run_dir, spec, suite, sections, sources, meta, ckpt)
+    if checkpoint is not None:
+        later = [p.name for p in ckpt_dir.glob("step_*.pt") if p.name > ckpt_path.name]
+        if later:
+            print(f"note: continuing from {ckpt_path.name}; the later checkpoints {', '.join(sorted(later))} are "
+                  "replaced as the run reaches their steps", file=sys.stderr)
+    return start(run_dir, spec, suite, sections, sources, meta, ckpt, ckpt_path)
 
 
 def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], sources: dict[str, str],
-          meta: dict[str, Any], ckpt: dict[str, Any] | None) -> int:
+          meta: dict[str, Any], ckpt: dict[str, Any] | None, ckpt_path: Path | None = None) -> int:
     import torch
 
     from envs import make_vec_env
     from plasticity.interventions import Interventions
     from plasticity.monitor import PlasticityMonitor
-    from runners.storage import atomic_write_json, atomic_write_text
+    from runners.storage import (atomic_write_json, atomic_write_text, check_room, make_dir, payload_nbytes,
+                                 remove_stale_temporaries)
     from runners.train import DEFAULT_TORCH_THREADS, Trainer, env_seed, resolve_device, seed_everything
 
     run = sections["run"]
@@ -253,22 +279,33 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     device = resolve_device(run.device)
     seed_everything(run.seed)
     envs = make_vec_env(suite, sections["env"], env_seed(run.seed))
-    agent_cfg = sections[spec.load().section]
-    agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed, Interventions(sections["interventions"]))
-    diag = sections["diagnostics"]
-    monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag, loss_fn=agent.diagnostic_loss)
-    config_text = dump_yaml(sections, sources)
-    if ckpt is None:
-        run_dir.mkdir(parents=True, exist_ok=False)
-        atomic_write_json(run_dir / "run.json", meta)
-        atomic_write_text(run_dir / "config.yaml", config_text)
-    elif config_text != (run_dir / "config.yaml").read_text():
-        atomic_write_text(run_dir / "config.yaml", config_text)  # a resume that changed the budget or device
-    print(f"run directory: {run_dir}", file=sys.stderr)
-    trainer = Trainer(run_dir, run, agent, agent.envs, monitor, diag.probe_size, meta)  # agent.envs: any wrapper
-    if ckpt is not None:
-        trainer.restore(ckpt)
     try:
+        agent_cfg = sections[spec.load().section]
+        agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed, Interventions(sections["interventions"]))
+        diag = sections["diagnostics"]
+        monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag, loss_fn=agent.diagnostic_loss)
+        if ckpt is not None:
+            remove_stale_temporaries(run_dir / "checkpoints")  # left by a process killed mid-write
+        # a writable results directory with room for one checkpoint, before anything is written
+        check_room(run_dir, payload_nbytes({"agent": agent.state_dict(), "envs": envs.get_state()}))
+        config_text = dump_yaml(sections, sources)
+        if ckpt is None:
+            if run_dir.exists():
+                raise ConfigError(f"run directory {run_dir} already exists")
+            make_dir(run_dir)
+            try:
+                atomic_write_json(run_dir / "run.json", meta)
+                atomic_write_text(run_dir / "config.yaml", config_text)
+            except ConfigError:
+                shutil.rmtree(run_dir, ignore_errors=True)  # it holds nothing yet; a retry may reuse the name
+                raise
+        elif config_text != (run_dir / "config.yaml").read_text():
+            atomic_write_text(run_dir / "config.yaml", config_text)  # a resume that changed the budget or device
+        print(f"run directory: {run_dir}", file=sys.stderr)
+        trainer = Trainer(run_dir, run, agent, agent.envs, monitor, diag.probe_size, meta)  # agent.envs: any wrapper
+        if ckpt is not None:
+            trainer.restore(ckpt)
+            trainer.last_good = ckpt_path
         return trainer.run(logged_rows=ckpt["runner"]["logged_rows"] if ckpt else None)
     finally:
         envs.close()

@@ -121,7 +121,8 @@ def build(root: Path, out: Path, points: int = 100) -> dict:
             "metrics": metrics, "heatmaps": heatmaps, "runs": table}
     page = TEMPLATE.replace("__TITLE__", html.escape(str(root))).replace(
         "__DATA__", json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/"))
-    from runners.storage import atomic_write_text
+    from runners.storage import atomic_write_text, make_dir
+    make_dir(out.parent)
     atomic_write_text(out, page)
     return data
 

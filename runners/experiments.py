@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import ConfigError
 from envs import random_policy_return
 from agents.rainbow import overlap_init, similarity
-from runners.storage import atomic_write_text, load_checkpoint, read_metrics
+from runners.storage import atomic_savefig, atomic_write_text, load_checkpoint, make_dir, read_metrics
 from runners.train import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,9 +152,9 @@ def table_header() -> list[str]:
 
 def save_figure(fig, name: str) -> Path:
     figures = REPO / "results" / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    make_dir(figures)
     fig.tight_layout()
-    fig.savefig(figures / name, dpi=90)
+    atomic_savefig(fig, figures / name, dpi=90)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return figures / name
@@ -607,7 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=str(REPO / "results"), help="where the run directories go")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    EXPERIMENTS[args.experiment](args)
+    try:
+        EXPERIMENTS[args.experiment](args)
+    except ConfigError as exc:  # a bad value, or a page, figure or run that could not be written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -184,7 +184,8 @@ def fix_run_list(sweep: Sweep, source: Path) -> None:
             raise ConfigError(f"{sweep.dir} holds sweep '{sweep.name}' with a different run list; task indices would "
                               "change meaning: give the edited sweep a new name")
         return
-    from runners.storage import atomic_write_json, atomic_write_text
+    from runners.storage import atomic_write_json, atomic_write_text, make_dir
+    make_dir(sweep.dir)
     atomic_write_json(runs_file, record)
     atomic_write_text(sweep.dir / "sweep.yaml", source.read_text())
 
@@ -193,12 +194,21 @@ def fix_run_list(sweep: Sweep, source: Path) -> None:
 # Running one task
 # ---------------------------------------------------------------------------------------
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary.json, or {} when it is missing or unreadable (a run that died before writing it)."""
+    try:
+        data = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def task_state(sweep: Sweep, index: int) -> str:
     """done / running / interrupted / failed / missing, from the run directory alone."""
     run_dir = sweep.run_dir(index)
     summary = run_dir / "summary.json"
     if summary.exists():
-        status = json.loads(summary.read_text()).get("status")
+        status = read_summary(run_dir).get("status")
         if status == "completed":
             return "done"
         if status == "failed":
@@ -255,10 +265,16 @@ def launch_local(sweep: Sweep, source: Path, indices: list[int], max_parallel: i
         cmd = [sys.executable, "-m", "runners.sweep", str(source), "--task", str(i), "--results-dir",
                str(sweep.results_dir)]
         log = sweep.dir / "local" / f"task_{i:04d}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a") as f:
-            rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
-        print(f"task {i}: exit {rc} ({task_state(sweep, i)})", file=sys.stderr)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as f:
+                rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+        except OSError as exc:  # the task's log cannot be written: run it with its output here instead
+            print(f"task {i}: cannot write its log {log} ({exc.strerror}); its output follows", file=sys.stderr)
+            rc = subprocess.run(cmd, cwd=REPO).returncode
+        state = task_state(sweep, i)
+        reason = read_summary(sweep.run_dir(i)).get("reason") if state == "failed" else ""
+        print(f"task {i}: exit {rc} ({state}{': ' + reason if reason else ''})", file=sys.stderr)
         return rc
 
     with ThreadPoolExecutor(max_parallel) as pool:
@@ -332,6 +348,11 @@ def slurm_states(sweep: Sweep) -> dict[int, str]:
     return out
 
 
+def resubmittable(states: dict[int, str]) -> list[int]:
+    """Tasks --resubmit-missing submits again: never started, interrupted, or failed (a crash, a full disk...)."""
+    return [i for i, s in states.items() if s in ("missing", "failed", "interrupted")]
+
+
 def status(sweep: Sweep) -> dict[int, str]:
     queue = slurm_states(sweep)
     states = {}
@@ -371,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.status:
             states = status(sweep)
             for i, s in states.items():
-                print(f"{i:5d}  {s:<11}  {sweep.run_dir(i)}")
+                reason = read_summary(sweep.run_dir(i)).get("reason") if s == "failed" else ""
+                print(f"{i:5d}  {s:<11}  {sweep.run_dir(i)}" + (f"  ({reason})" if reason else ""))
             counts = {s: list(states.values()).count(s) for s in dict.fromkeys(states.values())}
             print("  ".join(f"{k}: {v}" for k, v in counts.items()))
             return 0
@@ -379,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         fix_run_list(sweep, args.sweep_file)
         states = status(sweep)
         if args.resubmit_missing:
-            indices = [i for i, s in states.items() if s in ("missing", "failed", "interrupted")]
+            indices = resubmittable(states)
             if not indices:
                 print("nothing to resubmit: every task is done, queued or running")
                 return 0

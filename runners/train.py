@@ -37,8 +37,8 @@ from configs import param
 from envs import Episode, VecEnv
 from plasticity.monitor import PlasticityMonitor
 from plasticity.policy import excess_ratio_tail
-from runners.storage import (CHECKPOINT_FORMAT, MetricsLogger, atomic_torch_save, atomic_write_json,
-                             link_or_copy, read_metrics)
+from runners.storage import (CHECKPOINT_FORMAT, MetricsLogger, WriteError, atomic_torch_save, atomic_write_json,
+                             link_or_copy, make_dir, read_metrics)
 
 
 #: torch's own choice of intra-op threads, kept so that run.torch_threads=0 restores it in-process
@@ -146,10 +146,13 @@ class Trainer:
         self.episodes_total = 0
         self.elapsed = 0.0  # training seconds before this process (resumed runs)
         self.logger: MetricsLogger | None = None
+        #: the newest checkpoint known to be whole on disk (what a failed run names to resume from)
+        self.last_good: Path | None = None
 
     # -- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, periodic: bool) -> Path:
-        ckpt = {
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything a resume needs, as one picklable dict."""
+        return {
             "format": CHECKPOINT_FORMAT, "meta": self.meta,
             "agent": self.agent.state_dict(), "envs": self.envs.get_state(),
             "interventions": self.agent.interventions.state_dict(), "monitor": self.monitor.state_dict(),
@@ -158,13 +161,31 @@ class Trainer:
                        "logged_rows": self.logger.rows if self.logger else 0},
             "rng": rng_state(),
         }
+
+    def save_checkpoint(self, periodic: bool) -> Path:
         name = f"step_{self.agent.env_steps:012d}.pt" if periodic else ".pending.pt"
         path = self.ckpt_dir / name
-        atomic_torch_save(ckpt, path)
+        atomic_torch_save(self.checkpoint(), path)
         link_or_copy(path, self.ckpt_dir / "latest.pt")
+        self.last_good = path if periodic else self.ckpt_dir / "latest.pt"
         if not periodic:
             path.unlink()
         return self.ckpt_dir / "latest.pt"
+
+    def resume_hint(self) -> str:
+        """Where a run that failed to write can continue from."""
+        if self.last_good is None:
+            return "no checkpoint was written: start the run again once the results directory can be written"
+        if not self.last_good.exists():
+            return f"the run's checkpoints are gone with {self.run_dir}: start the run again"
+        latest = self.ckpt_dir / "latest.pt"
+        try:
+            is_latest = os.path.samefile(self.last_good, latest)
+        except OSError:
+            is_latest = False
+        how = f"--resume {self.run_dir}" + ("" if is_latest else f" --checkpoint {self.last_good.name}")
+        return (f"the last good checkpoint is {self.last_good}: once the results directory can be written again, "
+                f"continue with {how}")
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.agent.load_state_dict(ckpt["agent"])
@@ -196,74 +217,105 @@ class Trainer:
     def run(self, logged_rows: int | None) -> int:
         cfg, agent = self.cfg, self.agent
         self._t_start = time.perf_counter()
-        self.logger = MetricsLogger(self.run_dir, keep_rows=logged_rows)
         status, reason = "completed", ""
         from tqdm import tqdm
-        bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps), unit="step",
+        self.bar = bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps), unit="step",
                    unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         lock = self.run_dir / ".running"  # lets sweeps tell a live run from a dead one
-        lock.write_text(f"{os.uname().nodename}:{os.getpid()}")
-        if agent.env_steps == 0:
-            self.save_checkpoint(periodic=True)  # the initial networks, for probes over training
-        last_saved = agent.env_steps
         try:
-            with StopSignal() as stop:
-                while agent.env_steps < cfg.total_steps and not stop.received:
-                    it = agent.iteration
-                    last = agent.env_steps + agent.steps_per_iteration >= cfg.total_steps
-                    diagnose = self.monitor.due(it) or (last and self.monitor.cfg.enabled)
-                    self.monitor.track_updates(diagnose)
-                    t0, steps0 = time.perf_counter(), agent.env_steps
-                    metrics, episodes = agent.iterate(diagnose)
-                    batch = agent.env_steps - steps0
-                    if self.monitor.probe is None and self.monitor.cfg.enabled:
-                        self.monitor.probe = agent.probe_batch(self.probe_size)
-                        atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
-                    if diagnose:
-                        metrics.update(self.monitor.collect())
-                        for tag, image in agent.images().items():
-                            self.logger.add_heatmap(tag, image, agent.env_steps)
-                    metrics.update(agent.interventions.metrics())
-                    self.pending.extend(episodes)
-                    self.recent.extend(e.ret for e in episodes)
-                    self.episodes_total += len(episodes)
-                    sps = batch / max(time.perf_counter() - t0, 1e-9)
-                    if it % cfg.log_interval == 0 or diagnose or agent.env_steps >= cfg.total_steps:
-                        metrics.update(self.episode_metrics())
-                        metrics.update({"charts/iteration": it + 1, "charts/frames": agent.env_steps * self.envs.frame_skip,
-                                        "charts/episodes": self.episodes_total, "charts/sps": sps,
-                                        "charts/wall_seconds": self.elapsed + time.perf_counter() - self._t_start})
-                        self.logger.log(agent.env_steps, metrics)
-                    bar.update(batch)
-                    if self.recent:
-                        bar.set_postfix(ret=f"{np.mean(self.recent):.3g}", refresh=False)
-                    if agent.env_steps // cfg.checkpoint_steps > last_saved // cfg.checkpoint_steps:
-                        self.save_checkpoint(periodic=True)
-                        last_saved = agent.env_steps
-                if stop.received:
-                    status, reason = "interrupted", f"received {stop.received}"
-                    self.save_checkpoint(periodic=False)
-                elif last_saved != agent.env_steps:
-                    self.save_checkpoint(periodic=True)
+            make_dir(self.ckpt_dir)
+            self.logger = MetricsLogger(self.run_dir, keep_rows=logged_rows)
+            try:
+                lock.write_text(f"{os.uname().nodename}:{os.getpid()}")
+            except OSError as exc:
+                raise WriteError(lock, exc) from None
+            if self.last_good is None:  # a new run (a resumed one keeps the checkpoints it has)
+                self.save_checkpoint(periodic=True)  # the initial networks, for probes over training
+            status, reason = self.loop()
         except NonFiniteLossError as exc:
-            status, reason = "failed", f"{exc} at step {agent.env_steps}; the last good checkpoint is kept"
+            status, reason = "failed", (f"{exc} at step {agent.env_steps}; the last good checkpoint is kept "
+                                        f"({self.ckpt_dir / 'latest.pt'})")
+        except WriteError as exc:
+            status, reason = "failed", f"{exc}; {self.resume_hint()}"
         finally:
             bar.close()
-            self.logger.close()
-            lock.unlink(missing_ok=True)
-        self.write_summary(status, reason)
+            try:
+                lock.unlink(missing_ok=True)
+            except OSError:
+                pass
+        try:
+            if self.logger is not None:
+                self.logger.close()
+        except WriteError as exc:
+            if status != "failed":
+                status, reason = "failed", f"{exc}; {self.resume_hint()}"
+        try:
+            self.write_summary(status, reason)
+        except WriteError as exc:
+            if status != "failed":
+                status, reason = "failed", f"{exc}; {self.resume_hint()}"
+            else:
+                reason += " (summary.json could not be written either)"
         if status == "failed":
-            print(f"error: {reason} ({self.ckpt_dir / 'latest.pt'})", file=sys.stderr)
+            print(f"error: {reason}", file=sys.stderr)
             return 2
         if status == "interrupted":
             print(f"{reason}: checkpoint saved at step {agent.env_steps}; continue with --resume {self.run_dir}",
                   file=sys.stderr)
         return 0
 
+    def loop(self) -> tuple[str, str]:
+        """Iterate to the budget or a stop signal; returns (status, reason)."""
+        cfg, agent = self.cfg, self.agent
+        assert self.logger is not None
+        last_saved = agent.env_steps
+        with StopSignal() as stop:
+            while agent.env_steps < cfg.total_steps and not stop.received:
+                it = agent.iteration
+                last = agent.env_steps + agent.steps_per_iteration >= cfg.total_steps
+                diagnose = self.monitor.due(it) or (last and self.monitor.cfg.enabled)
+                self.monitor.track_updates(diagnose)
+                t0, steps0 = time.perf_counter(), agent.env_steps
+                metrics, episodes = agent.iterate(diagnose)
+                batch = agent.env_steps - steps0
+                if self.monitor.probe is None and self.monitor.cfg.enabled:
+                    self.monitor.probe = agent.probe_batch(self.probe_size)
+                    atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
+                if diagnose:
+                    metrics.update(self.monitor.collect())
+                    for tag, image in agent.images().items():
+                        self.logger.add_heatmap(tag, image, agent.env_steps)
+                metrics.update(agent.interventions.metrics())
+                self.pending.extend(episodes)
+                self.recent.extend(e.ret for e in episodes)
+                self.episodes_total += len(episodes)
+                sps = batch / max(time.perf_counter() - t0, 1e-9)
+                if it % cfg.log_interval == 0 or diagnose or agent.env_steps >= cfg.total_steps:
+                    metrics.update(self.episode_metrics())
+                    metrics.update({"charts/iteration": it + 1, "charts/frames": agent.env_steps * self.envs.frame_skip,
+                                    "charts/episodes": self.episodes_total, "charts/sps": sps,
+                                    "charts/wall_seconds": self.elapsed + time.perf_counter() - self._t_start})
+                    self.logger.log(agent.env_steps, metrics)
+                self.bar.update(batch)
+                if self.recent:
+                    self.bar.set_postfix(ret=f"{np.mean(self.recent):.3g}", refresh=False)
+                if agent.env_steps // cfg.checkpoint_steps > last_saved // cfg.checkpoint_steps:
+                    self.save_checkpoint(periodic=True)
+                    last_saved = agent.env_steps
+            if stop.received:
+                self.save_checkpoint(periodic=False)
+                return "interrupted", f"received {stop.received}"
+            if last_saved != agent.env_steps:
+                self.save_checkpoint(periodic=True)
+        return "completed", ""
+
     def write_summary(self, status: str, reason: str) -> None:
         wall = self.elapsed + time.perf_counter() - self._t_start
-        metrics = read_metrics(self.run_dir / "metrics.csv") if (self.run_dir / "metrics.csv").exists() else {}
+        try:
+            metrics = read_metrics(self.run_dir / "metrics.csv")
+        except OSError:  # never written, or removed with the run directory
+            metrics = {}
         summary = {
             "status": status, "reason": reason, **self.meta,
             "env_steps": self.agent.env_steps, "frames": self.agent.env_steps * self.envs.frame_skip,

@@ -258,6 +258,7 @@ def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
         w[0, 1] -= step / 2
         w[1, 0] -= step / 2
         run_dir = tmp_path / f"s{seed}"
+        (run_dir / "checkpoints").mkdir(parents=True)  # the atomic writers never create folders
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "agent": {"w": w, "actions": actions}},
                           run_dir / "checkpoints" / "latest.pt")
         run_dirs[("MASP minatar Breakout", seed)] = run_dir
