@@ -216,7 +216,9 @@ def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]], checkpoi
                if not (run_dir / name).is_file()]
     if missing:
         available = sorted(p.name for p in ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
-        hint = f"; checkpoints there: {', '.join(available[-3:])}" if available and missing[-1].startswith("check") else ""
+        hint = ""
+        if available and missing[-1].startswith("checkpoints/"):
+            hint = f"; checkpoints there: {', '.join(available[-3:])}"
         raise ConfigError(f"{run_dir} is not a run directory (missing {', '.join(missing)}){hint}")
     try:
         meta = json.loads((run_dir / "run.json").read_text())
@@ -281,7 +283,8 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     envs = make_vec_env(suite, sections["env"], env_seed(run.seed))
     try:
         agent_cfg = sections[spec.load().section]
-        agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed, Interventions(sections["interventions"]))
+        agent = spec.load()(agent_cfg, envs, device, run.total_steps, run.seed,
+                            Interventions(sections["interventions"]))
         diag = sections["diagnostics"]
         monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag, loss_fn=agent.diagnostic_loss)
         if ckpt is not None:
