@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ class Agent(ABC):
     config_class: type
     #: agent steps (summed over environments) that one iteration collects
     steps_per_iteration: int
+    #: set by the runner: called on diagnostics iterations once the batch is collected, before the update
+    before_update: Callable[[], None] | None = None
 
     def __init__(self, cfg: Any, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
                  interventions: Interventions):
@@ -73,6 +75,11 @@ class Agent(ABC):
     def images(self) -> dict[str, np.ndarray]:
         """Named 2-D arrays to log as TensorBoard images on diagnostics iterations (e.g. a similarity matrix)."""
         return {}
+
+    def current_batch(self) -> Tensor | None:
+        """Inputs of the batch the current update trains on (PPO: the rollout), for the diagnostics the
+        PFO paper takes at the start and end of each update; None for agents without one such batch."""
+        return None
 
     def diagnostic_loss(self) -> Tensor:
         """The agent's training loss on recent data, with a graph (for Hessian diagnostics)."""

@@ -382,6 +382,8 @@ class PPO(Agent):
             for group in opt.param_groups:
                 group["lr"] = lr
         episodes = self.collect()
+        if diagnose and self.before_update is not None:
+            self.before_update()
         metrics = self.update(diagnose)
         metrics["charts/learning_rate"] = lr
         self.iteration += 1
@@ -393,6 +395,9 @@ class PPO(Agent):
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return self._optimizers
+
+    def current_batch(self) -> Tensor:
+        return self.obs.reshape(self.batch_size, *self.obs.shape[2:])
 
     def probe_batch(self, size: int) -> Tensor:
         return self.obs.reshape(self.batch_size, *self.obs.shape[2:])[:size].clone()

@@ -10,9 +10,13 @@ Usage in any training loop::
         if diagnose:
             writer.log(monitor.collect())    # {"plasticity/<metric>/<network>/<layer>": value}
 
-On a fixed probe batch, every activation layer gets dead/dormant/zombie fractions and the
-pre-activation feature norm, and every layer whose flattened features satisfy n >= d gets
-the ranks of :func:`plasticity.metrics.rank_metrics`. Every parameterised layer gets its
+On a fixed probe batch (``plasticity/...``), every activation layer gets dead/dormant/zombie
+fractions and the pre-activation feature norm, and every layer whose flattened features
+satisfy n >= d gets the ranks of :func:`plasticity.metrics.rank_metrics`. The PFO paper
+measures the same quantities on the current training batch instead, at the start and at the
+end of each update; with ``batch`` the monitor does that too (``batch_start/...`` and
+``batch_end/...``, the official code's ``batch/start`` and ``batch/end``), for agents that
+name their training batch (:meth:`agents.base.Agent.current_batch`). Every parameterised layer gets its
 weight norm and, averaged over the optimiser steps of the tracked iteration, its update
 norm, update-to-weight ratio and gradient norm (as the optimiser saw it, after clipping),
 plus the nominal effective learning rate. Between two diagnostics steps: the change of
@@ -47,6 +51,13 @@ class DiagnosticsConfig:
     srank_delta: float = param("delta of srank (Kumar et al. 2021)", min=0.0, max=1.0)
     tanh_dead_std: float = param("A tanh/sigmoid unit is dead when its std on the probe batch is below this", min=0.0)
     kernel_samples: int = param("Probe inputs used for Delta_A / Delta_C (the kernel is samples x samples)", min=2)
+    probe: bool = param("Measure units and ranks on the fixed probe batch collected by the initial policy "
+                        "(plasticity/...; Delta_A, Delta_C and churn need it)")
+    batch: bool = param("Also measure them on the current training batch at the start and at the end of each "
+                        "diagnosed update, as the PFO code does (batch_start/..., batch_end/...)")
+    batch_samples: int = param("At most this many samples of the training batch for batch_start/batch_end "
+                               "(evenly spaced when the batch is larger; ranks need at least the layer's width)",
+                               min=1)
     hessian: bool = param("Also estimate the top Hessian eigenvalue of the agent's loss (costly)")
     hessian_iterations: int = param("Power-iteration steps for the Hessian eigenvalue", min=1)
 
@@ -167,37 +178,50 @@ class PlasticityMonitor:
 
     # -- metrics -----------------------------------------------------------------------------
     @torch.no_grad()
-    def activation_metrics(self) -> dict[str, float]:
+    def layer_metrics(self, inputs: Tensor, namespace: str,
+                      compare: bool = True) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Per activation layer of every network on ``inputs``: dead, dormant and zombie fractions,
+        pre-activation feature norm, and the ranks of the post-activation features (layers with
+        n >= d), named ``<namespace>/<metric>/<network>/<layer>``. With ``compare``, also returns what
+        the probe's comparisons between diagnostics steps need (outputs, activation patterns, kernels)."""
+        cfg, k = self.cfg, self.cfg.kernel_samples
         out: dict[str, float] = {}
-        if self.probe is None:
-            return out
-        cfg = self.cfg
         current: dict[str, Tensor] = {}
-        k = cfg.kernel_samples
         for net_name, net in self.networks.items():
             with ActivationCapture(net) as cap:
-                output = net(self.probe)
+                output = net(inputs)
             if isinstance(output, tuple):
                 output = output[0]
-            current[f"output/{net_name}"] = output.detach().float()
+            if compare:
+                current[f"output/{net_name}"] = output.detach().float()
             dead_units, total_units = 0, 0
             for layer, (kind, pre, post) in cap.records.items():
                 key = f"{net_name}/{layer}"
                 dead = M.dead_mask(post, kind, cfg.tanh_dead_std)
                 dead_units += int(dead.sum())
                 total_units += dead.numel()
-                out[f"plasticity/dead_frac/{key}"] = float(dead.float().mean())
-                out[f"plasticity/dormant_frac/{key}"] = M.dormant_fraction(post, cfg.dormant_tau)
+                out[f"{namespace}/dead_frac/{key}"] = float(dead.float().mean())
+                out[f"{namespace}/dormant_frac/{key}"] = M.dormant_fraction(post, cfg.dormant_tau)
                 if kind in ("relu", "leaky_relu"):
-                    out[f"plasticity/zombie_frac/{key}"] = M.zombie_fraction(pre)
-                out[f"plasticity/feature_norm/{key}"] = M.feature_norm(pre)
+                    out[f"{namespace}/zombie_frac/{key}"] = M.zombie_fraction(pre)
+                out[f"{namespace}/feature_norm/{key}"] = M.feature_norm(pre)
                 ranks = M.rank_metrics(post, cfg.srank_delta)
                 for name, value in (ranks or {}).items():
-                    out[f"plasticity/{name}/{key}"] = float(value)
-                current[f"pattern/{key}"] = pre[:k] > 0
-                current[f"kernel/{key}"] = M.feature_kernel(post[:k])
+                    out[f"{namespace}/{name}/{key}"] = float(value)
+                if compare:
+                    current[f"pattern/{key}"] = pre[:k] > 0
+                    current[f"kernel/{key}"] = M.feature_kernel(post[:k])
             if total_units:
-                out[f"plasticity/dead_frac/{net_name}/all"] = dead_units / total_units
+                out[f"{namespace}/dead_frac/{net_name}/all"] = dead_units / total_units
+        return out, current
+
+    @torch.no_grad()
+    def activation_metrics(self) -> dict[str, float]:
+        """:meth:`layer_metrics` on the fixed probe (``plasticity/``), and the changes since the last call:
+        Delta_A (activation patterns), Delta_C (feature kernels) and output churn."""
+        if self.probe is None or not self.cfg.probe:
+            return {}
+        out, current = self.layer_metrics(self.probe, "plasticity")
         for name, now in current.items():
             before = self.previous.get(name)
             if before is None or before.shape != now.shape:
@@ -213,6 +237,14 @@ class PlasticityMonitor:
                     out[f"plasticity/greedy_churn/{key}"] = M.greedy_churn(before, now)
         self.previous = current
         return out
+
+    def batch_metrics(self, batch: Tensor, when: str) -> dict[str, float]:
+        """:meth:`layer_metrics` on the current training batch (``when``: "start" or "end" of the update),
+        on at most ``batch_samples`` evenly spaced samples, named ``batch_<when>/...``."""
+        n = batch.shape[0]
+        if n > self.cfg.batch_samples:
+            batch = batch[torch.linspace(0, n - 1, self.cfg.batch_samples, device=batch.device).long()]
+        return self.layer_metrics(batch, f"batch_{when}", compare=False)[0]
 
     def hessian_metrics(self) -> dict[str, float]:
         if not (self.cfg.hessian and self.loss_fn is not None):

@@ -76,3 +76,37 @@ def excess_ratio_tail(steps: list[float], values: list[float], total_steps: floa
     if len(window) < min_points:
         window = [v for _, v in logged[-min_points:]]
     return sum(window) / len(window) if window else math.nan
+
+
+def clipped_ratio_escape_toy(w: tuple[float, float], x: float, alpha: float = 3.0, lr: float = 1.5,
+                             eps: float = 0.1, steps: int = 20) -> tuple[list[float], list[float]]:
+    """The PFO paper's Fig. 5 toy: the probability ratio escapes the clip range although the objective is clipped.
+
+    A linear softmax policy over two actions, logits ``(w_1 s, w_2 s)`` with no bias, sees two states
+    whose one-dimensional features are ``x`` and ``y = alpha * x``. Plain SGD (step ``lr``) ascends the
+    clipped surrogate ``min(r, clip(r, max=1 + eps))`` of action 1 (advantage +1), on x and y in turn,
+    ``steps`` times. Once a state's ratio passes 1 + eps its own term has zero gradient, but the steps
+    on the other state keep moving the shared weights: with alpha = 3 the ratio on y is pushed far past
+    1 + eps (the paper's point: the trust region is not enforced when features are shared).
+    Returns the ratio histories (length ``steps + 1``) on x and on y. The paper's code draws w and x
+    with ``torch.manual_seed(1)`` (w = (0.5153, -0.4414), x = 0.1163).
+    """
+    weight = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    states = torch.tensor([x, alpha * x], dtype=torch.float64)
+
+    def prob_a1(s: Tensor) -> Tensor:
+        return torch.softmax(weight * s, -1)[0]
+
+    with torch.no_grad():
+        old = [prob_a1(s) for s in states]
+    history: list[list[float]] = [[1.0], [1.0]]
+    for step in range(steps):
+        i = step % 2
+        ratio = prob_a1(states[i]) / old[i]
+        objective = torch.min(ratio, ratio.clamp(max=1 + eps))
+        (grad,) = torch.autograd.grad(objective, weight)
+        with torch.no_grad():
+            weight += lr * grad
+            for j, s in enumerate(states):
+                history[j].append(float(prob_a1(s) / old[j]))
+    return history[0], history[1]

@@ -2,11 +2,11 @@
 
     python -m plasticity.probe RUN_DIR                      # capacity probe on every checkpoint
     python -m plasticity.probe RUN_DIR --kind plasticity    # plasticity probe
-    python -m plasticity.probe RUN_DIR --every 4 --steps 140 --batch-size 256
+    python -m plasticity.probe RUN_DIR --every 4 --epochs 35
 
-Both train a *copy* of each network of a checkpoint for a fixed budget of Adam steps on a
-fixed dataset (the run's probe batch: observations collected by the initial policy) and
-report the final loss; a higher loss later in training means lost capacity / plasticity.
+Both train a *copy* of each network of a checkpoint on a fixed dataset (the run's probe batch:
+observations collected by the initial policy) and report its loss; a higher loss later in
+training means lost capacity / plasticity.
 
 * **capacity** (Lyle et al. 2022; the PFO code's ``capacity.py``): fit the outputs of a freshly
   initialised network of the same architecture (the same draw for every checkpoint). Networks
@@ -15,9 +15,21 @@ report the final loss; a higher loss later in training means lost capacity / pla
 * **plasticity** (Lyle et al. 2023): fit g(x) = a + sin(1e5 f(x; w0)) with f a fresh
   initialisation and a the checkpoint's mean output, MSE, averaged over ``--functions`` draws.
 
-Budget defaults follow the PFO code (one pass of minibatches of 256 with the run's Adam
-learning rate; 140 steps there); the dataset here is the probe batch, sampled with
-replacement. Writes ``RUN_DIR/probes/<kind>.csv`` (step, network, loss) and ``<kind>.png``.
+The fit follows the PFO code's ``capacity.py``: ``--epochs`` passes (1 there) over the dataset in
+shuffled minibatches without replacement (the incomplete last one dropped), with the run's
+minibatch size, Adam learning rate and gradient-norm clip, a new Adam per fit, no learning-rate
+annealing; the reported loss is that of the last minibatch. Where it differs:
+
+* **dataset**: the PFO code rolls the initial policy out in one environment for an evaluation
+  episode budget (36,000 agent steps on Atari: 140 minibatches of 256); here it is the run's
+  probe batch (``diagnostics.probe_size``, e.g. 1,024 observations over 8 environments on
+  Atari: 4 minibatches an epoch). ``--epochs 35`` gives the PFO code's 140 steps on Atari, over
+  repeated passes of the smaller dataset; ``--steps`` sets the number of minibatch steps itself.
+* the policy and the value network are fitted one after the other, each with its own Adam and
+  clip; the PFO code sums their two losses in one backward pass, which is the same update
+  (disjoint parameters, separate optimisers and clips).
+
+Writes ``RUN_DIR/probes/<kind>.csv`` (step, network, loss) and ``<kind>.png``.
 """
 from __future__ import annotations
 
@@ -37,14 +49,25 @@ from configs import ConfigError
 from plasticity.interventions import fresh_copy
 
 
-def fit(net: nn.Module, inputs: Tensor, target_fn, loss_kind: str, steps: int, batch_size: int, lr: float,
-        gen: torch.Generator) -> float:
-    """Train ``net`` (in place) to match ``target_fn(x)``; return the mean loss of the last 10 steps."""
+def fit(net: nn.Module, inputs: Tensor, target_fn, loss_kind: str, steps: int | None, batch_size: int, lr: float,
+        gen: torch.Generator, max_grad_norm: float = 0.0, epochs: int = 1) -> float:
+    """Train ``net`` (in place) to match ``target_fn(x)``; return the loss of the last minibatch.
+
+    Minibatches of ``batch_size`` are drawn without replacement, pass after pass over ``inputs``
+    (the incomplete last minibatch of each pass dropped): ``epochs`` passes, or ``steps``
+    minibatches when given. Gradients are clipped to ``max_grad_norm`` (0: no clip).
+    """
+    n = inputs.shape[0]
+    batch_size = min(batch_size, n)
+    per_pass = n // batch_size
+    steps = steps if steps is not None else epochs * per_pass
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    losses = []
+    order: list[Tensor] = []
+    loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        idx = torch.randint(0, inputs.shape[0], (batch_size,), generator=gen).to(inputs.device)
-        x = inputs[idx]
+        if not order:
+            order = list(torch.randperm(n, generator=gen).split(batch_size))[:per_pass]
+        x = inputs[order.pop(0).to(inputs.device)]
         out = net(x)
         with torch.no_grad():
             target = target_fn(x)
@@ -54,23 +77,25 @@ def fit(net: nn.Module, inputs: Tensor, target_fn, loss_kind: str, steps: int, b
             loss = F.mse_loss(out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
         opt.step()
-        losses.append(float(loss.detach()))
-    tail = losses[-10:]
-    return sum(tail) / len(tail)
+    return float(loss.detach())
 
 
-def capacity_loss(net: nn.Module, inputs: Tensor, steps: int, batch_size: int, lr: float, seed: int) -> float:
+def capacity_loss(net: nn.Module, inputs: Tensor, steps: int | None, batch_size: int, lr: float, seed: int,
+                  max_grad_norm: float = 0.0, epochs: int = 1) -> float:
     torch.manual_seed(seed)  # the same fresh target for every checkpoint
     target = fresh_copy(net).eval()
     student = copy.deepcopy(net)
     with torch.no_grad():
         kind = "kl" if net(inputs[:1]).shape[-1] > 1 else "mse"
-    return fit(student, inputs, target, kind, steps, batch_size, lr, torch.Generator().manual_seed(seed))
+    return fit(student, inputs, target, kind, steps, batch_size, lr, torch.Generator().manual_seed(seed),
+               max_grad_norm, epochs)
 
 
-def plasticity_loss(net: nn.Module, inputs: Tensor, steps: int, batch_size: int, lr: float, seed: int,
-                    functions: int) -> float:
+def plasticity_loss(net: nn.Module, inputs: Tensor, steps: int | None, batch_size: int, lr: float, seed: int,
+                    functions: int, max_grad_norm: float = 0.0, epochs: int = 1) -> float:
     with torch.no_grad():
         a = net(inputs).mean(0)
     total = 0.0
@@ -79,7 +104,7 @@ def plasticity_loss(net: nn.Module, inputs: Tensor, steps: int, batch_size: int,
         random_net = fresh_copy(net).eval()
         student = copy.deepcopy(net)
         total += fit(student, inputs, lambda x: a + torch.sin(1e5 * random_net(x)), "mse", steps, batch_size, lr,
-                     torch.Generator().manual_seed(seed + k))
+                     torch.Generator().manual_seed(seed + k), max_grad_norm, epochs)
     return total / functions
 
 
@@ -91,7 +116,8 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def build_agent(run_dir: Path):
-    """The run's agent, rebuilt from its run.json and config.yaml (networks only are used)."""
+    """The run's agent, rebuilt from its run.json and config.yaml (networks only are used), its envs and its
+    agent config (for the learning rate, minibatch size and gradient clip of the fit)."""
     from agents import get_agent
     from envs import make_vec_env
     from plasticity.interventions import Interventions
@@ -103,8 +129,7 @@ def build_agent(run_dir: Path):
     cls = spec.load()
     agent = cls(sections[cls.section], envs, torch.device("cpu"), sections["run"].total_steps, 0,
                 Interventions(sections["interventions"]))
-    lr = getattr(sections[cls.section], "lr", 1e-3)
-    return agent, envs, lr
+    return agent, envs, sections[cls.section]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--kind", choices=("capacity", "plasticity"), default="capacity")
-    parser.add_argument("--steps", type=int, default=140, help="Adam steps per fit (PFO code: 140)")
-    parser.add_argument("--batch-size", type=int, default=256, help="minibatch size (PFO code: 256)")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the probe batch per fit (PFO code: 1)")
+    parser.add_argument("--steps", type=int, help="minibatch steps per fit instead of --epochs passes")
+    parser.add_argument("--batch-size", type=int, help="minibatch size (default: the run's; PFO code: the run's)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the run's)")
+    parser.add_argument("--max-grad-norm", type=float, help="gradient-norm clip, 0 for none (default: the run's)")
     parser.add_argument("--every", type=int, default=1, help="probe every k-th checkpoint")
     parser.add_argument("--functions", type=int, default=3, help="plasticity: random functions per checkpoint")
     parser.add_argument("--seed", type=int, default=0)
@@ -124,17 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         if not (run_dir / "run.json").is_file() or not (run_dir / "probe.pt").is_file():
             raise ConfigError(f"{run_dir} is not a run directory with a probe batch (run.json, probe.pt)")
         from runners.storage import atomic_write_text, load_checkpoint, make_dir
-        agent, envs, run_lr = build_agent(run_dir)
+        agent, envs, agent_cfg = build_agent(run_dir)
+        lr = args.lr or getattr(agent_cfg, "lr", 1e-3)
+        batch_size = args.batch_size or getattr(agent_cfg, "minibatch_size", getattr(agent_cfg, "batch_size", 256))
+        clip = args.max_grad_norm if args.max_grad_norm is not None else getattr(agent_cfg, "max_grad_norm", 0.0)
+        fit_args = dict(max_grad_norm=clip, epochs=args.epochs)
         inputs = torch.load(run_dir / "probe.pt", map_location="cpu")
         rows = []
         for step, path in checkpoints(run_dir)[::args.every]:
             agent.load_state_dict(load_checkpoint(path)["agent"])
             for name, net in agent.networks().items():
                 if args.kind == "capacity":
-                    loss = capacity_loss(net, inputs, args.steps, args.batch_size, args.lr or run_lr, args.seed)
+                    loss = capacity_loss(net, inputs, args.steps, batch_size, lr, args.seed, **fit_args)
                 else:
-                    loss = plasticity_loss(net, inputs, args.steps, args.batch_size, args.lr or run_lr, args.seed,
-                                           args.functions)
+                    loss = plasticity_loss(net, inputs, args.steps, batch_size, lr, args.seed, args.functions,
+                                           **fit_args)
                 rows.append((step, name, loss))
                 print(f"step {step}: {name} {args.kind} loss {loss:.4g}", file=sys.stderr)
         envs.close()

@@ -597,7 +597,12 @@ def masp(args) -> None:
     print(f"wrote {out_md}", file=sys.stderr)
 
 
-EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp}
+def pfo(args) -> None:
+    from runners.experiment_pfo import pfo as build  # it imports this module's helpers
+    build(args)
+
+
+EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp, "pfo": pfo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -265,6 +265,20 @@ class Trainer:
                   file=sys.stderr)
         return 0
 
+    def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
+        """One agent iteration. On diagnostics iterations with ``diagnostics.batch``, the training batch is
+        also measured at the start and the end of the update (the PFO paper's protocol)."""
+        agent, monitor = self.agent, self.monitor
+        if not (diagnose and monitor.cfg.batch and agent.current_batch() is not None):
+            return agent.iterate(diagnose)
+        start: dict[str, float] = {}
+        agent.before_update = lambda: start.update(monitor.batch_metrics(agent.current_batch(), "start"))
+        try:
+            metrics, episodes = agent.iterate(diagnose)
+        finally:
+            agent.before_update = None
+        return {**metrics, **start, **monitor.batch_metrics(agent.current_batch(), "end")}, episodes
+
     def loop(self) -> tuple[str, str]:
         """Iterate to the budget or a stop signal; returns (status, reason)."""
         cfg, agent = self.cfg, self.agent
@@ -277,7 +291,7 @@ class Trainer:
                 diagnose = self.monitor.due(it) or (last and self.monitor.cfg.enabled)
                 self.monitor.track_updates(diagnose)
                 t0, steps0 = time.perf_counter(), agent.env_steps
-                metrics, episodes = agent.iterate(diagnose)
+                metrics, episodes = self.iterate(diagnose)
                 batch = agent.env_steps - steps0
                 if self.monitor.probe is None and self.monitor.cfg.enabled:
                     self.monitor.probe = agent.probe_batch(self.probe_size)

@@ -72,3 +72,27 @@ def test_capacity_loss_is_zero_when_the_network_already_is_the_target():
     x = torch.randn(64, 3)
     assert capacity_loss(net, x, steps=5, batch_size=16, lr=0.0 + 1e-12, seed=7) == pytest.approx(0.0, abs=1e-12)
     assert capacity_loss(base, x, steps=5, batch_size=16, lr=1e-12, seed=7) > 0
+
+
+def test_probe_fit_is_epochs_without_replacement_and_reports_the_last_minibatch_loss():
+    """The PFO code's capacity fit: one pass of minibatches drawn without replacement (the incomplete last one
+    dropped), the loss of the last minibatch."""
+    from plasticity.probe import fit
+    torch.manual_seed(0)
+    student, x = torch.nn.Linear(3, 2), torch.randn(10, 3)
+    seen, outs = [], []
+
+    def record(module, inputs, output):
+        seen.append(inputs[0].clone())
+        outs.append(output.detach().clone())
+
+    student.register_forward_hook(record)
+    loss = fit(student, x, lambda b: torch.zeros(b.shape[0], 2), "mse", None, 4, 1e-2, torch.Generator().manual_seed(1))
+    assert [s.shape[0] for s in seen] == [4, 4]  # 10 // 4 minibatches, the remaining 2 rows dropped
+    rows = torch.cat(seen)
+    assert len({tuple(r.tolist()) for r in rows}) == 8  # no row twice in a pass
+    assert loss == pytest.approx(float(outs[-1].pow(2).mean()))
+    seen.clear()
+    fit(student, x, lambda b: torch.zeros(b.shape[0], 2), "mse", None, 4, 1e-2, torch.Generator().manual_seed(1),
+        epochs=3)
+    assert len(seen) == 6

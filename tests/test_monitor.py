@@ -9,7 +9,8 @@ from plasticity.hooks import ActivationCapture, activation_layers, parameterised
 from plasticity.monitor import DiagnosticsConfig, PlasticityMonitor
 
 CFG = DiagnosticsConfig(enabled=True, interval=3, probe_size=8, dormant_tau=0.025, srank_delta=0.01,
-                        tanh_dead_std=1e-3, kernel_samples=8, hessian=False, hessian_iterations=20)
+                        tanh_dead_std=1e-3, kernel_samples=8, probe=True, batch=True, batch_samples=6, hessian=False,
+                        hessian_iterations=20)
 
 
 def tiny_net():
@@ -136,3 +137,27 @@ def test_hessian_top_eigenvalue_of_a_quadratic():
     x = torch.randn(8, 2)
     mon = PlasticityMonitor({"q": net}, [], cfg, probe=x, loss_fn=lambda: net(x).pow(2).mean())
     assert "plasticity/hessian_top/q" in mon.collect()
+
+
+def test_batch_metrics_are_the_probe_metrics_of_the_evenly_spaced_batch_under_their_own_names():
+    net = tiny_net()
+    batch = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [3.0, 0.0], [1.0, 1.0], [2.0, 1.0], [0.5, 0.0],
+                          [1.5, 0.0], [-2.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    mon = PlasticityMonitor({"q": net}, [], CFG)
+    out = mon.batch_metrics(batch, "start")
+    # 11 samples, at most 6: rows 0, 2, 4, 6, 8, 10 (evenly spaced); fc1 pre-activations on them
+    kept = batch[[0, 2, 4, 6, 8, 10]]
+    with torch.no_grad():
+        pre = kept @ net.fc1.weight.T + net.fc1.bias
+    assert out["batch_start/dead_frac/q/fc1"] == pytest.approx(1 / 3)  # unit 2 never fires
+    assert out["batch_start/feature_norm/q/fc1"] == pytest.approx(float(pre.norm(dim=1).mean()))
+    assert out["batch_start/numerical_rank/q/fc1"] == 2
+    assert not any(k.startswith("plasticity/") for k in out)
+    assert mon.previous == {}  # the batch does not move the probe's reference for Delta_A / Delta_C / churn
+    assert set(mon.batch_metrics(batch, "end")) == {k.replace("batch_start/", "batch_end/") for k in out}
+
+
+def test_probe_metrics_can_be_turned_off():
+    mon = PlasticityMonitor({"q": tiny_net()}, [], DiagnosticsConfig(**{**CFG.__dict__, "probe": False}),
+                            probe=torch.ones(8, 2))
+    assert not any(k.startswith("plasticity/dead_frac") for k in mon.collect())

@@ -218,3 +218,53 @@ def test_ppo_minibatch_loss_is_the_same_on_the_fast_paths(shared_trunk, monkeypa
     for u, v in zip(g0, g1):
         assert torch.allclose(u, v, rtol=1e-4, atol=1e-6)
     envs.close()
+
+
+def test_fig5_toy_the_ratio_escapes_the_clip_range_of_a_clipped_objective():
+    """The PFO paper's Fig. 5 toy with its code's seed-1 draws (w, x), alpha 3, SGD 1.5, eps 0.1, 20 steps."""
+    from plasticity.policy import clipped_ratio_escape_toy
+    eps = 0.1
+    rx, ry = clipped_ratio_escape_toy((0.5152631998062134, -0.44137823581695557), 0.11631361395120621, eps=eps)
+    # first step, by hand: d = w1 - w2 = 0.95664, p_x = sigmoid(d x) = 0.52779; the step on x (r = 1, unclipped)
+    # adds 2 * 1.5 * (1 - p_x) * x = 0.16477 to d: r_x = sigmoid(1.12141 x) / p_x, r_y likewise at y = 3x
+    assert rx[1] == pytest.approx(1.00904, abs=2e-5) and ry[1] == pytest.approx(1.02387, abs=2e-5)
+    assert len(rx) == len(ry) == 21
+    # y's own steps stop once its ratio is past 1 + eps (zero gradient: nothing moves on those steps) ...
+    for t in range(1, 20, 2):  # step t (0-based) trains on y; history index t + 1
+        if ry[t] > 1 + eps:
+            assert ry[t + 1] == ry[t] and rx[t + 1] == rx[t]
+    # ... yet the steps on x keep pushing it: the ratio escapes far beyond the clip range
+    assert max(ry) > 1 + 2 * eps and ry[-1] == pytest.approx(1.253, abs=1e-3)
+    assert rx[-1] == pytest.approx(1.103, abs=1e-3)
+
+
+def test_batch_diagnostics_measure_the_rollout_before_and_after_the_update(tmp_path):
+    """diagnostics.batch: batch_start/ is the networks before the update on the rollout, batch_end/ after."""
+    import copy
+
+    from agents import get_agent
+    from envs import make_vec_env
+    from plasticity.interventions import Interventions
+    from plasticity.monitor import PlasticityMonitor
+    from runners.cli import config_files, resolve
+    from runners.train import Trainer
+    spec = get_agent("ppo", "minatar")
+    sections, _ = resolve("minatar", spec, config_files("minatar", spec),
+                          [("env.id", "Breakout"), ("env.num_envs", "2"), ("ppo.num_steps", "128"),
+                           ("ppo.minibatch_size", "64"), ("diagnostics.batch_samples", "160")])
+    envs = make_vec_env("minatar", sections["env"], 0)
+    agent = spec.load()(sections["ppo"], envs, torch.device("cpu"), 2048, 0, Interventions(sections["interventions"]))
+    monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), sections["diagnostics"])
+    trainer = Trainer(tmp_path, sections["run"], agent, envs, monitor, 128, {})
+    before = {name: copy.deepcopy(net) for name, net in agent.networks().items()}
+    metrics, _ = trainer.iterate(diagnose=True)
+    batch = agent.current_batch()
+    assert batch.shape[0] == 256  # measured on 160 of them
+    expected_start = PlasticityMonitor(before, [], sections["diagnostics"]).batch_metrics(batch, "start")
+    expected_end = PlasticityMonitor(agent.networks(), [], sections["diagnostics"]).batch_metrics(batch, "end")
+    assert {k: v for k, v in metrics.items() if k.startswith("batch_start/")} == expected_start
+    assert {k: v for k, v in metrics.items() if k.startswith("batch_end/")} == expected_end
+    assert "batch_start/approx_rank/actor/fc" in metrics  # 160 samples >= the 128 units of the last hidden layer
+    assert metrics["batch_start/feature_norm/actor/fc"] != metrics["batch_end/feature_norm/actor/fc"]
+    plain, _ = trainer.iterate(diagnose=False)
+    assert not any(k.startswith("batch_") for k in plain) and agent.before_update is None
