@@ -102,6 +102,11 @@ def tail_mean(run_dir: Path, column: str) -> float:
     return float(values[-max(1, math.ceil(TAIL * values.size)):].mean())
 
 
+def first_value(run_dir: Path, column: str) -> float:
+    _, values = series(run_dir, column)
+    return float(values[0]) if values.size else math.nan
+
+
 def end_value(run_dir: Path, column: str) -> float:
     """The run's end-of-training value: the paper's last-5% excess ratio, the last-100-episode return, or the
     mean over the last quarter of the diagnostics rows."""
@@ -278,16 +283,22 @@ def pfo(args) -> None:
     lines += ["## Verdicts", "", "| claim | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
     for i, (claim, _) in enumerate(verdicts[games[0]]):
         lines.append(f"| {claim} | " + " | ".join(verdicts[g][i][1].split(" (")[0] for g in games) + " |")
-    lines += ["", "The intervals behind each verdict are in the per-game sections below.", ""]
+    lines += ["", "The intervals behind each verdict are in the per-game sections below. How to read them at these "
+              "budgets: where the policy rank at the end is *above* its value at the first update (the tables' third "
+              "column), the runs are still in the early phase in which features are being learned, and more epochs "
+              "(more updates per sample) learn them faster; the paper's collapse is a late-training effect, over 100M "
+              "steps. The excess ratio and PFO's effect on the features are what these budgets can show.", ""]
     for game in games:
         png = figure(game, groups, arms, suffix)
         lines += [f"## {game}", "", f"![{game}](figures/{png.name})", "",
-                  "| arm | return (last 100 episodes) | " + " | ".join(label for label, _ in METRICS.values()) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+                  "| arm | return (last 100 episodes) | approximate rank at the first update | "
+                  + " | ".join(label for label, _ in METRICS.values()) + " |",
+                  "|---|---|---|" + "---|" * len(METRICS)]
         for arm in arms:
             runs = groups.get((game, arm), [])
             if runs:
-                lines.append(f"| {arm.label} | {fmt(interval(runs, RETURN))} | "
+                first = t_interval([first_value(r, f"batch_start/approx_rank/{LAYER}") for r in runs])
+                lines.append(f"| {arm.label} | {fmt(interval(runs, RETURN))} | {fmt(first)} | "
                              + " | ".join(fmt(interval(runs, c)) for c in METRICS) + " |")
         lines += ["", "| claim | verdict (means ± 95% half-widths) |", "|---|---|"]
         lines += [f"| {claim} | {verdict} |" for claim, verdict in verdicts[game]]
