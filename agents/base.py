@@ -1,48 +1,98 @@
-"""What a runner needs from an agent, and the errors an agent may raise."""
+"""What a runner needs from an agent, the lifecycle every agent goes through, and the errors it may raise."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from envs import Episode, VecEnv
+from configs import ConfigError
+from envs import Episode
 from plasticity.interventions import Interventions
+
+ConfigT = TypeVar("ConfigT")
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss or network output became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
-class Agent(ABC):
+class Agent(ABC, Generic[ConfigT]):
     """An on- or off-policy learner that advances in *iterations* (collect, then update).
 
     Subclasses set ``section`` (the config section holding their hyperparameters) and
     ``config_class`` (its dataclass). The runner owns the loop, logging, checkpoints and
     the plasticity monitor; the agent owns its networks, optimisers, buffers and RNG.
+
+    The constructor is a template every agent goes through, so that no step can be forgotten:
+
+    1. interventions the agent declares unsupported (``UNSUPPORTED_INTERVENTIONS``) are refused;
+    2. :meth:`wrap_envs` may wrap the environments (macro-actions);
+    3. :meth:`build_networks` returns the agent's freshly built networks; each passes through
+       ``interventions.prepare`` (normalisation layers) and moves to the device;
+    4. :meth:`setup` receives the prepared networks and builds optimisers, buffers and RNGs; every
+       parameter of :meth:`networks` must belong to a prepared network (checked);
+    5. the interventions attach to :meth:`networks` and :meth:`optimizers`, with
+       :meth:`recent_inputs` as the batch they inspect (ReDo);
+    6. checkpoints hold every network of :meth:`networks`, every optimiser of :meth:`optimizers`,
+       ``iteration``, ``env_steps`` and the attributes named in ``STATE_KEYS``, saved and restored by
+       :meth:`state_dict` / :meth:`load_state_dict`.
     """
 
-    section: str
-    config_class: type
+    section: ClassVar[str]
+    config_class: ClassVar[type]
+    #: attributes held in checkpoints besides the networks and optimisers: buffers and anything else
+    #: with ``state_dict``/``load_state_dict`` through those, RNGs through their state, tensors on the
+    #: CPU, plain values as they are; an attribute that is None stays None
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: intervention name -> why this agent cannot apply it (refused at start-up)
+    UNSUPPORTED_INTERVENTIONS: ClassVar[dict[str, str]] = {}
     #: agent steps (summed over environments) that one iteration collects
     steps_per_iteration: int
     #: set by the runner: called on diagnostics iterations once the batch is collected, before the update
     before_update: Callable[[], None] | None = None
 
-    def __init__(self, cfg: Any, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
+    def __init__(self, cfg: ConfigT, envs: Any, device: torch.device, total_steps: int, seed: int,
                  interventions: Interventions):
-        """Networks must go through ``interventions.prepare`` before their optimisers are built, and
-        ``interventions.attach`` must see the finished networks and optimisers."""
+        refused = [n for n in interventions.names if n in self.UNSUPPORTED_INTERVENTIONS]
+        if refused:
+            supported = [n for n in interventions.available() if n not in self.UNSUPPORTED_INTERVENTIONS]
+            raise ConfigError(f"{type(self).__name__} does not support the intervention '{refused[0]}' "
+                              f"({self.UNSUPPORTED_INTERVENTIONS[refused[0]]}); it supports: {', '.join(supported)}")
         self.cfg = cfg
         self.interventions = interventions
-        self.envs = envs
         self.device = device
         self.total_steps = total_steps
+        self.seed = seed
         self.env_steps = 0
         self.iteration = 0
+        self.envs = self.wrap_envs(envs)
+        prepared = {name: interventions.prepare(net).to(device) for name, net in self.build_networks().items()}
+        self.setup(prepared)
+        built = {id(p) for net in prepared.values() for p in net.parameters()}
+        for name, net in self.networks().items():
+            if any(id(p) not in built for p in net.parameters()):
+                raise TypeError(f"{type(self).__name__}.networks()['{name}'] has parameters that build_networks() "
+                                "did not return, so the interventions never prepared them")
+        interventions.batch_fn = lambda: self.recent_inputs(self.update_batch_size())
+        interventions.attach(self.networks(), self.optimizers())
 
+    # -- the lifecycle ---------------------------------------------------------------------------
+    def wrap_envs(self, envs: Any) -> Any:
+        """The environments the agent acts in (default: as given)."""
+        return envs
+
+    @abstractmethod
+    def build_networks(self) -> dict[str, nn.Module]:
+        """The agent's networks, freshly built (before interventions and optimisers)."""
+
+    @abstractmethod
+    def setup(self, networks: dict[str, nn.Module]) -> None:
+        """Keep the prepared ``networks``; build optimisers, buffers and RNGs."""
+
+    # -- what the runner calls -------------------------------------------------------------------
     @abstractmethod
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
         """Collect experience and update once; return scalar metrics and finished episodes.
@@ -52,20 +102,19 @@ class Agent(ABC):
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
-        """Named networks for the plasticity monitor (each takes raw observations)."""
+        """Named networks for the interventions and the plasticity monitor (each takes raw observations)."""
 
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]: ...
 
     @abstractmethod
-    def probe_batch(self, size: int) -> Tensor:
-        """Up to ``size`` observations already collected, to fix as the diagnostics' probe batch."""
+    def recent_inputs(self, size: int) -> Tensor | None:
+        """Up to ``size`` of the newest inputs the agent trained or acted on (None before there are any):
+        the batch ReDo inspects, and the diagnostics' probe batch (the runner keeps a copy)."""
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def update_batch_size(self) -> int:
+        """Inputs per gradient update (what an intervention's inspection batch holds)."""
+        return int(getattr(self.cfg, "batch_size"))
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast for forward passes when the config's ``precision`` is "bf16"; otherwise inactive."""
@@ -88,6 +137,59 @@ class Agent(ABC):
     @abstractmethod
     def restart_episodes(self, obs: np.ndarray) -> None:
         """After a resume whose environments could not be restored: continue from fresh resets."""
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpointed(self) -> tuple[str, ...]:
+        return ("iteration", "env_steps", *self.STATE_KEYS)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"networks": {name: net.state_dict() for name, net in self.networks().items()},
+                "optimizers": [opt.state_dict() for opt in self.optimizers()],
+                **{key: export_state(getattr(self, key)) for key in self.checkpointed()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in ("networks", "optimizers", *self.checkpointed()) if key not in state]
+        networks, optimizers = self.networks(), self.optimizers()
+        if missing or state["networks"].keys() != networks.keys() or len(state["optimizers"]) != len(optimizers):
+            raise ConfigError(f"the checkpoint does not hold the state of a {type(self).__name__} agent like this one "
+                              f"(missing: {', '.join(missing) or 'none'}; networks: "
+                              f"{', '.join(state.get('networks', {}))}): it was written by another agent or version")
+        for name, net in networks.items():
+            net.load_state_dict(state["networks"][name])
+        for opt, saved in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+        for key in self.checkpointed():
+            setattr(self, key, import_state(getattr(self, key), state[key]))
+
+
+def export_state(value: Any) -> Any:
+    """A checkpointable copy of one attribute (see ``Agent.STATE_KEYS``)."""
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if isinstance(value, np.random.Generator):
+        return value.bit_generator.state
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if hasattr(value, "state_dict"):
+        return value.state_dict()
+    return value
+
+
+def import_state(current: Any, saved: Any) -> Any:
+    """Restore one attribute from ``saved``: in place where it has state, else the saved value."""
+    if current is None:
+        return None
+    if isinstance(current, torch.Generator):
+        current.set_state(saved)
+    elif isinstance(current, np.random.Generator):
+        current.bit_generator.state = saved
+    elif isinstance(current, Tensor):
+        return saved.to(current.device)
+    elif hasattr(current, "load_state_dict"):
+        current.load_state_dict(saved)
+    else:
+        return saved
+    return current
 
 
 def check_finite(name: str, value: Tensor) -> None:

@@ -18,23 +18,19 @@ steps (the logging and diagnostics unit).
 """
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import check_finite
-from agents.networks import build_network, to_channels_last
+from agents.networks import build_network
 from agents.offpolicy import OffPolicyAgent, OffPolicyConfig
-from agents.replay import ReplayBuffer
+from agents.replay import ReplaySample
 from configs import param
-from envs import Episode, VecEnv
-from plasticity.interventions import Interventions
+from envs import Episode
 from plasticity.soft_reset import SoftReset
 
 
@@ -50,48 +46,27 @@ class DQNConfig(OffPolicyConfig):
     sr_s2_ratio: float = param("Soft reset: posterior variance as a multiple of sigma0^2", min=0.0, min_exclusive=True)
 
 
-class DQN(OffPolicyAgent):
+class DQN(OffPolicyAgent[DQNConfig]):
     section = "dqn"
     config_class = DQNConfig
+    STATE_KEYS = (*OffPolicyAgent.STATE_KEYS, "soft_reset")
 
-    def __init__(self, cfg: DQNConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
-                 interventions: Interventions):
-        super().__init__(cfg, envs, device, total_steps, seed, interventions)
-        obs_space = envs.single_observation_space
-        self.num_actions = int(envs.single_action_space.n)
-        self.num_envs = envs.num_envs
-        self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
-        self.q = interventions.prepare(build_network(cfg.network, obs_space.shape, self.num_actions, cfg.hidden,
-                                                     cfg.activation)).to(device)
-        if cfg.channels_last:  # a no-op on networks without convolutions
-            to_channels_last(self.q)
-        self.target = copy.deepcopy(self.q)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
-        self.replay = ReplayBuffer(cfg.buffer_size, self.num_envs, obs_space.shape, obs_dtype, device)
-        interventions.batch_fn = lambda: self._recent_obs(cfg.batch_size)
-        interventions.attach({"q": self.q}, [self.optimizer])
-        self.gen = torch.Generator().manual_seed(seed)
+    def build_networks(self) -> dict[str, nn.Module]:
+        cfg, envs = self.cfg, self.envs
+        return {"q": build_network(cfg.network, envs.single_observation_space.shape, int(envs.single_action_space.n),
+                                   cfg.hidden, cfg.activation)}
+
+    def setup(self, networks: dict[str, nn.Module]) -> None:
+        super().setup(networks)
+        cfg = self.cfg
         self.soft_reset = None
         if cfg.soft_reset:
             self.soft_reset = SoftReset(self.q, self.optimizer, per=cfg.sr_per, lr_gamma=cfg.sr_lr_gamma,
                                         m_gamma=cfg.sr_m_gamma, s2_ratio=cfg.sr_s2_ratio,
-                                        generator=torch.Generator().manual_seed(seed + 1))
-        self.updates = 0
-        self.restart_episodes(envs.reset())
-
-    # -- 1. act -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def act(self, obs: Tensor) -> Tensor:
-        q = self.q(obs)
-        check_finite("Q-network output", q)
-        greedy = q.argmax(-1).cpu()
-        explore = torch.rand(self.num_envs, generator=self.gen) < self.epsilon()
-        random = torch.randint(0, self.num_actions, (self.num_envs,), generator=self.gen)
-        return torch.where(explore, random, greedy)
+                                        generator=torch.Generator().manual_seed(self.seed + 1))
 
     # -- 2.-3. learn ------------------------------------------------------------------------------
-    def td_loss(self, batch, forward=None) -> Tensor:
+    def td_loss(self, batch: ReplaySample, forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Huber loss of Q(s, a) (``forward``: the online network or soft reset's sampled one) to the target."""
         q = (forward or self.q)(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
         with torch.no_grad():
@@ -115,9 +90,7 @@ class DQN(OffPolicyAgent):
         loss = loss.detach()
         check_finite("TD", loss)
         self.interventions.observe_loss(float(loss))
-        self.updates += 1
-        if self.updates % cfg.target_update_period == 0:
-            self.target.load_state_dict(self.q.state_dict())
+        self.count_update()
         return {"losses/td": float(loss)}
 
     def collect_step(self) -> list[Episode]:
@@ -135,41 +108,6 @@ class DQN(OffPolicyAgent):
             return {}
         return {f"soft_reset/gamma/q/{layer}": g for layer, g in self.soft_reset.gamma_summary().items()}
 
-    def _recent_obs(self, n: int) -> Tensor | None:
-        return self.replay.recent(n)
-
     def diagnostic_loss(self) -> Tensor:
         return self.td_loss(self.replay.sample(self.cfg.batch_size, self.cfg.gamma, self.cfg.n_step,
                                                torch.Generator().manual_seed(0)))
-
-    # -- runner interface -------------------------------------------------------------------------
-    def networks(self) -> dict[str, nn.Module]:
-        return {"q": self.q}
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
-
-    def probe_batch(self, size: int) -> Tensor:
-        return self._recent_obs(size).clone()
-
-    def restart_episodes(self, obs: np.ndarray) -> None:
-        self.next_obs = torch.from_numpy(obs).to(self.device)
-        self.prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q.state_dict(), "target": self.target.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "replay": self.replay.state_dict(), "generator": self.gen.get_state(), "updates": self.updates,
-                "next_obs": self.next_obs.cpu(), "prev_done": self.prev_done.cpu(), "iteration": self.iteration,
-                "env_steps": self.env_steps, "soft_reset": self.soft_reset.state_dict() if self.soft_reset else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.q.load_state_dict(state["q"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.replay.load_state_dict(state["replay"])
-        self.gen.set_state(state["generator"])
-        self.updates = state["updates"]
-        self.next_obs, self.prev_done = state["next_obs"].to(self.device), state["prev_done"].to(self.device)
-        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
-        if self.soft_reset is not None:
-            self.soft_reset.load_state_dict(state["soft_reset"])

@@ -1,10 +1,18 @@
-"""What the replay-based agents (DQN, Rainbow) share: their common settings, the exploration
-schedule and the update cadence."""
+"""What the replay-based agents (DQN, Rainbow) share: their common settings, the Q-network, its
+target copy and optimiser, epsilon-greedy acting, the update cadence and the runner interface."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import TypeVar
 
-from agents.base import Agent
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from agents.base import Agent, check_finite
+from agents.networks import to_channels_last
+from agents.replay import ReplayBuffer
 from configs import param
 from envs import Episode
 
@@ -33,10 +41,81 @@ class OffPolicyConfig:
     iteration_steps: int = param("Agent steps per iteration (logging/diagnostics unit)", min=1)
 
 
-class OffPolicyAgent(Agent):
-    """Subclasses provide ``collect_step()`` (act once in every environment and store the
-    transitions), ``learn()`` (one gradient update) and ``iteration_metrics()``; their config
-    extends :class:`OffPolicyConfig`."""
+OffPolicyConfigT = TypeVar("OffPolicyConfigT", bound=OffPolicyConfig)
+
+
+class OffPolicyAgent(Agent[OffPolicyConfigT]):
+    """A Q-learning agent with a replay buffer. :meth:`build_networks` returns ``{"q": network}``;
+    :meth:`setup` makes its target copy, an Adam optimiser, the replay (:meth:`make_replay`) and the
+    RNG. Subclasses provide ``q_values()`` (the acting network's Q-values), ``collect_step()`` (act
+    once in every environment and store the transitions), ``learn()`` (one gradient update, ending
+    with :meth:`count_update`) and optionally ``iteration_metrics()``; their config extends
+    :class:`OffPolicyConfig`."""
+
+    STATE_KEYS = ("target", "replay", "gen", "updates", "next_obs", "prev_done")
+    q: nn.Module
+    replay: ReplayBuffer
+
+    def setup(self, networks: dict[str, nn.Module]) -> None:
+        cfg, envs = self.cfg, self.envs
+        obs_space = envs.single_observation_space
+        self.num_envs = envs.num_envs
+        self.num_actions = int(envs.single_action_space.n)
+        self.steps_per_iteration = max(self.num_envs, cfg.iteration_steps // self.num_envs * self.num_envs)
+        self.q = networks["q"]
+        if cfg.channels_last:  # a no-op on networks without convolutions
+            to_channels_last(self.q)
+        self.target = copy.deepcopy(self.q)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True)
+        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        self.replay = self.make_replay(tuple(obs_space.shape), obs_dtype)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self.updates = 0
+        self.restart_episodes(envs.reset())
+
+    def make_replay(self, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> ReplayBuffer:
+        return ReplayBuffer(self.cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device)
+
+    # -- acting -----------------------------------------------------------------------------------
+    def q_values(self, obs: Tensor) -> Tensor:
+        return self.q(obs)
+
+    def explores(self) -> bool:
+        """Whether acting is epsilon-greedy (Rainbow with noisy nets explores through its noise instead)."""
+        return True
+
+    @torch.no_grad()
+    def act(self, obs: Tensor) -> Tensor:
+        """Greedy actions on the CPU, replaced by uniform ones with probability epsilon."""
+        q = self.q_values(obs)
+        check_finite("Q-network output", q)
+        greedy = q.argmax(-1).cpu()
+        if not self.explores():
+            return greedy
+        explore = torch.rand(self.num_envs, generator=self.gen) < self.epsilon()
+        random = torch.randint(0, self.num_actions, (self.num_envs,), generator=self.gen)
+        return torch.where(explore, random, greedy)
+
+    def count_update(self) -> None:
+        """One gradient update done; the target network copies the online one every ``target_update_period``."""
+        self.updates += 1
+        if self.updates % self.cfg.target_update_period == 0:
+            self.target.load_state_dict(self.q.state_dict())
+
+    # -- runner interface -------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return {"q": self.q}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def recent_inputs(self, size: int) -> Tensor | None:
+        return self.replay.recent(size)
+
+    def restart_episodes(self, obs: np.ndarray) -> None:
+        self.next_obs = torch.from_numpy(obs).to(self.device)
+        self.prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
 
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
         """One iteration: ``steps_per_iteration`` agent steps, each followed by the updates it makes due."""
@@ -52,8 +131,10 @@ class OffPolicyAgent(Agent):
         return metrics | self.iteration_metrics(n_updates), episodes
 
     def epsilon(self) -> float:
-        """Linear decay from eps_start to eps_end over eps_decay_steps agent steps."""
+        """Linear decay from eps_start to eps_end over eps_decay_steps agent steps (0 when not exploring)."""
         c = self.cfg
+        if not self.explores():
+            return 0.0
         return c.eps_end + (c.eps_start - c.eps_end) * max(0.0, 1.0 - self.env_steps / c.eps_decay_steps)
 
     def advance(self, steps: int, sums: dict[str, float]) -> int:

@@ -1,4 +1,4 @@
-"""Proportional prioritized replay (Schaul et al. 2016) on a vectorised sum tree.
+"""Proportional prioritized replay (Schaul et al. 2016): a vectorised sum tree and the replay built on it.
 
 The tree is one flat array of 2 * capacity nodes (leaves at [capacity, 2 * capacity)); every
 operation takes a whole batch at once and walks the log2(capacity) levels with NumPy, so
@@ -9,8 +9,13 @@ one value is drawn uniformly in each.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from agents.replay import ReplayBuffer, ReplaySample
 
 
 class SumTree:
@@ -75,3 +80,67 @@ class SumTree:
     def load_state_dict(self, state: dict) -> None:
         self.nodes[:] = state["nodes"]
         self.max_priority = state["max_priority"]
+
+
+class PrioritizedReplay(ReplayBuffer):
+    """A :class:`ReplayBuffer` sampled in proportion to priorities p^alpha (Schaul et al. 2016).
+
+    A row enters the sum tree at the maximum priority once it has ``n_step`` successors in its ring
+    and is sampleable (the buffer's one rule, :meth:`ReplayBuffer.is_sampleable`); it leaves the tree
+    when its slot is overwritten. Rows the tree still holds but the rule rejects (a frame stack at the
+    ring's edge) are redrawn. Importance weights (n P(i))^-beta are normalised by their maximum.
+    """
+
+    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
+                 device: torch.device, frame_stack: bool, n_step: int, alpha: float, eps: float):
+        super().__init__(capacity, num_envs, obs_shape, obs_dtype, device, frame_stack)
+        self.n_step, self.alpha, self.eps = n_step, alpha, eps
+        self.tree = SumTree(self.rows * num_envs)
+
+    def add(self, obs: Tensor, actions: Tensor, rewards: Tensor, terminated: Tensor, truncated: Tensor,
+            valid: Tensor, steps: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        flat = super().add(obs, actions, rewards, terminated, truncated, valid, steps, mask)
+        self.tree.update(flat.cpu().numpy(), np.zeros(flat.numel()))  # overwritten slots leave the tree
+        envs = torch.arange(self.num_envs) if mask is None else torch.nonzero(mask.cpu()).squeeze(1)
+        rows = (self.next_row[envs] - 1 - self.n_step) % self.rows  # the rows that now have n successors
+        ok = (self.size[envs] > self.n_step) & self.is_sampleable(rows * self.num_envs + envs, self.n_step)
+        fresh = (rows * self.num_envs + envs)[ok]
+        self.tree.update(fresh.numpy(), np.full(fresh.numel(), self.tree.max_priority))
+        return flat
+
+    def sample_prioritized(self, batch_size: int, gamma: float, rng: np.random.Generator,
+                           beta: float) -> tuple[ReplaySample, Tensor]:
+        """A prioritized batch and its importance weights."""
+        picked: list[np.ndarray] = []
+        have = 0
+        while have < batch_size:
+            idx = self.tree.sample(batch_size, rng)
+            idx = idx[self.is_sampleable(torch.from_numpy(idx), self.n_step).numpy()]
+            picked.append(idx)
+            have += idx.size
+        idx = np.concatenate(picked)[:batch_size]
+        probs = self.tree.get(idx) / self.tree.total
+        weights = (max(1, len(self)) * probs) ** -beta
+        weights = torch.as_tensor(weights / weights.max(), dtype=torch.float32, device=self.device)
+        return self.gather(torch.as_tensor(idx, device=self.device), gamma, self.n_step), weights
+
+    def update_priorities(self, indices: Tensor, losses: Tensor) -> None:
+        """p <- (loss + eps)^alpha for the sampled rows."""
+        self.tree.update(indices.cpu().numpy(), (losses.detach().cpu().numpy() + self.eps) ** self.alpha)
+
+    def statistics(self) -> dict[str, float]:
+        leaves = self.tree.nodes[self.tree.capacity:self.tree.capacity + self.rows * self.num_envs]
+        live = leaves[leaves > 0]
+        if not live.size:
+            return {}
+        p = live / live.sum()
+        return {"replay/size": float(len(self)), "replay/priority_mean": float(live.mean()),
+                "replay/priority_max": float(live.max()), "replay/priority_min": float(live.min()),
+                "replay/priority_entropy_ratio": float(-(p * np.log(p)).sum() / math.log(max(2, p.size)))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"tree": self.tree.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tree.load_state_dict(state["tree"])

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,9 +44,8 @@ from agents.base import Agent, check_finite
 from agents.networks import (build_network, can_run_paired, forward_with_preactivations, orthogonal_init,
                              paired_forward, pfo_features, to_channels_last)
 from configs import ConfigError, param
-from envs import Episode, VecEnv
-from plasticity.interventions import Interventions
-from plasticity.policy import categorical_kl, clip_fraction, trust_region_ratios
+from envs import Episode
+from plasticity.policy import categorical_kl, clip_fraction, kl_k1, kl_k3, trust_region_ratios
 
 
 @dataclass
@@ -149,13 +148,31 @@ class PPOBatch(NamedTuple):
     valid: Tensor  # 0 for the reset transitions of next-step autoreset
 
 
-class PPO(Agent):
+class PPO(Agent[PPOConfig]):
     section = "ppo"
     config_class = PPOConfig
 
-    def __init__(self, cfg: PPOConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
-                 interventions: Interventions):
-        super().__init__(cfg, envs, device, total_steps, seed, interventions)
+    STATE_KEYS = ("gen", "next_obs", "prev_done")
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        """Actor and critic (with ``shared_trunk``, the critic's head alone: :meth:`setup` puts it on the
+        actor's prepared trunk)."""
+        cfg, obs_space = self.cfg, self.envs.single_observation_space
+        actor = build_network(cfg.network, obs_space.shape, int(self.envs.single_action_space.n), cfg.hidden,
+                              cfg.activation)
+        critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
+        if cfg.init == "orthogonal":
+            orthogonal_init(actor, 0.01)
+            orthogonal_init(critic, 1.0)
+        if cfg.shared_trunk:
+            return {"actor": actor, "critic_head": nn.Sequential(OrderedDict([("head", critic.head)]))}
+        return {"actor": actor, "critic": critic}
+
+    def update_batch_size(self) -> int:
+        return self.cfg.minibatch_size
+
+    def setup(self, networks: dict[str, nn.Module]) -> None:
+        cfg, envs, device, seed = self.cfg, self.envs, self.device, self.seed
         obs_space = envs.single_observation_space
         n_actions = int(envs.single_action_space.n)
         self.num_envs, self.num_steps = envs.num_envs, cfg.num_steps
@@ -163,22 +180,15 @@ class PPO(Agent):
         if cfg.minibatch_size > self.batch_size:
             raise ConfigError(f"ppo.minibatch_size={cfg.minibatch_size} exceeds the batch "
                               f"env.num_envs * ppo.num_steps = {self.batch_size}")
-        self.num_iterations = max(1, math.ceil(total_steps / self.batch_size))
+        self.num_iterations = max(1, math.ceil(self.total_steps / self.batch_size))
 
-        self.actor = build_network(cfg.network, obs_space.shape, n_actions, cfg.hidden, cfg.activation)
-        critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
-        if cfg.init == "orthogonal":
-            orthogonal_init(self.actor, 0.01)
-            orthogonal_init(critic, 1.0)
-        self.actor = interventions.prepare(self.actor)
+        self.actor = networks["actor"]
         if cfg.shared_trunk:
             body = list(self.actor.named_children())[:-1]
-            self.critic = nn.Sequential(OrderedDict(body + [("head", critic.head)]))
+            self.critic = nn.Sequential(OrderedDict(body + [("head", networks["critic_head"].head)]))
         else:
-            self.critic = interventions.prepare(critic)
+            self.critic = networks["critic"]
         self.channels_last = cfg.channels_last and len(obs_space.shape) == 3
-        self.actor.to(device)
-        self.critic.to(device)
         if self.channels_last:
             to_channels_last(self.actor)
             to_channels_last(self.critic)
@@ -194,9 +204,6 @@ class PPO(Agent):
             self._optimizers = [torch.optim.Adam(self.actor.parameters(), **adam),
                                 torch.optim.Adam(self.critic.parameters(), **adam)]
             self._clip_groups = {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters())}
-
-        interventions.batch_fn = lambda: self.obs.reshape(self.batch_size, *obs_space.shape)[:cfg.minibatch_size]
-        interventions.attach(self.networks(), self._optimizers)
 
         self.gen = torch.Generator(device=device).manual_seed(seed)
         T, N = self.num_steps, self.num_envs
@@ -337,7 +344,7 @@ class PPO(Agent):
                 with torch.no_grad():
                     keep = batch.valid[idx] > 0
                     ratio = log_ratio.exp()
-                    stats["losses/approx_kl"] = ((ratio - 1) - log_ratio)[keep].mean()
+                    stats["losses/approx_kl"] = kl_k3(log_ratio[keep])
                     stats["losses/clip_frac"] = clip_fraction(ratio[keep], adv[keep], cfg.clip_eps)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
@@ -371,8 +378,8 @@ class PPO(Agent):
         out = {f"trust_region/{k}": v for k, v in trust_region_ratios(ratio, self.cfg.clip_eps).items()}
         old_logits = self.logits.reshape(-1, self.logits.shape[-1])[keep]
         out["trust_region/kl"] = float(categorical_kl(old_logits, logits).mean())
-        out["trust_region/kl_k1"] = float((-log_ratio).mean())
-        out["trust_region/kl_k3"] = float(((ratio - 1) - log_ratio).mean())
+        out["trust_region/kl_k1"] = kl_k1(log_ratio)
+        out["trust_region/kl_k3"] = kl_k3(log_ratio)
         out["trust_region/feature_mse"] = float((phi - batch.features[keep]).pow(2).mean())
         return out
 
@@ -399,28 +406,9 @@ class PPO(Agent):
     def current_batch(self) -> Tensor:
         return self.obs.reshape(self.batch_size, *self.obs.shape[2:])
 
-    def probe_batch(self, size: int) -> Tensor:
-        return self.obs.reshape(self.batch_size, *self.obs.shape[2:])[:size].clone()
+    def recent_inputs(self, size: int) -> Tensor:
+        return self.obs.reshape(self.batch_size, *self.obs.shape[2:])[:size]
 
     def restart_episodes(self, obs: np.ndarray) -> None:
         self.next_obs = torch.from_numpy(obs).to(self.device)
         self.prev_done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self._optimizers],
-            "generator": self.gen.get_state(), "next_obs": self.next_obs.cpu(), "prev_done": self.prev_done.cpu(),
-            "iteration": self.iteration, "env_steps": self.env_steps,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        for opt, s in zip(self._optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
-        self.gen.set_state(state["generator"])
-        self.next_obs = state["next_obs"].to(self.device)
-        self.prev_done = state["prev_done"].to(self.device)
-        self.iteration = state["iteration"]
-        self.env_steps = state["env_steps"]

@@ -81,18 +81,26 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return int(self.size.sum())
 
-    def _min_age(self, n_step: int) -> int:
-        return n_step
-
     def _max_age(self) -> Tensor:
         """Per ring: rows older than this cannot be sampled (their frame stack may be overwritten)."""
         return self.size - (self.stack - 1 if int(self.size.min()) == self.rows else 0)
 
+    def _ok(self, rows: Tensor, envs: Tensor, n_step: int) -> Tensor:
+        """The one sampling rule, for CPU (rows, envs) index tensors of any shape: the row has ``n_step``
+        following rows, its frame stack is intact, and it is not a reset transition."""
+        age = (self.next_row[envs] - 1 - rows) % self.rows  # 0 = newest
+        ok = (age >= n_step) & (age < self._max_age()[envs])
+        return ok & self.valid[rows.to(self.device), envs.to(self.device)].cpu()
+
     def sampleable(self, n_step: int) -> Tensor:
-        """Boolean (rows, envs) mask of the rows that have n following rows and are not reset transitions."""
-        age = (self.next_row[None, :] - 1 - torch.arange(self.rows)[:, None]) % self.rows  # 0 = newest
-        ok = (age >= n_step) & (age < self._max_age()[None, :])
-        return ok.to(self.device) & self.valid
+        """Boolean (rows, envs) mask of the rows that :meth:`sample` may return."""
+        rows, envs = torch.meshgrid(torch.arange(self.rows), torch.arange(self.num_envs), indexing="ij")
+        return self._ok(rows, envs, n_step).to(self.device)
+
+    def is_sampleable(self, flat: Tensor, n_step: int) -> Tensor:
+        """The :meth:`sampleable` rule for the given flat indices only (cheap for a batch)."""
+        flat = flat.cpu()
+        return self._ok(flat // self.num_envs, flat % self.num_envs, n_step)
 
     def recent(self, n: int) -> Tensor | None:
         """Up to ``n`` of the newest observations (the same number from every ring)."""
@@ -103,19 +111,12 @@ class ReplayBuffer:
         envs = torch.arange(self.num_envs)[None, :].expand_as(rows)
         return self.observation(rows.flatten().to(self.device), envs.flatten().to(self.device))[:n]
 
-    def is_sampleable(self, flat: Tensor, n_step: int) -> Tensor:
-        """The :meth:`sampleable` rule for the given flat indices only (cheap for a batch)."""
-        rows, envs = (flat // self.num_envs).cpu(), (flat % self.num_envs).cpu()
-        age = (self.next_row[envs] - 1 - rows) % self.rows
-        ok = (age >= n_step) & (age < self._max_age()[envs])
-        return ok & self.valid[rows.to(self.device), envs.to(self.device)].cpu()
-
     def age_of(self, flat: Tensor) -> Tensor:
         rows, envs = (flat // self.num_envs).cpu(), (flat % self.num_envs).cpu()
         return (self.next_row[envs] - 1 - rows) % self.rows
 
     def sample(self, batch_size: int, gamma: float, n_step: int, gen: torch.Generator) -> ReplaySample:
-        """Uniform over the sampleable rows, by rejection: draw among the rows written, keep the valid ones."""
+        """Uniform over the sampleable rows, by rejection: draw among the rows written, keep the sampleable."""
         max_age = self._max_age()
         if int(max_age.max()) <= n_step:
             raise RuntimeError("not enough experience in the replay buffer to sample from")
@@ -124,11 +125,9 @@ class ReplayBuffer:
         while have < batch_size:
             env = torch.randint(0, self.num_envs, (2 * batch_size,), generator=gen)
             age = (torch.rand(2 * batch_size, generator=gen) * max_age[env]).long()
-            ok = (age >= n_step) & (age < max_age[env])
             row = (self.next_row[env] - 1 - age) % self.rows
-            flat = (row * self.num_envs + env).to(self.device)
-            keep = ok.to(self.device) & self.valid[row.to(self.device), env.to(self.device)]
-            picked.append(flat[keep])
+            keep = self._ok(row, env, n_step)
+            picked.append((row * self.num_envs + env)[keep].to(self.device))
             have += int(keep.sum())
         return self.gather(torch.cat(picked)[:batch_size], gamma, n_step)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from agents.base import Agent, check_finite
 from agents.networks import mlp
 from configs import param
 from envs.supervised import Task, TaskStream
-from plasticity.interventions import Interventions, fresh_copy
+from plasticity.interventions import fresh_copy
 from plasticity.soft_reset import SoftReset
 
 
@@ -63,24 +62,26 @@ def task_loss(kind: str, outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs, targets) if kind == "classification" else F.mse_loss(outputs, targets)
 
 
-class SupervisedLearner(Agent):
+class SupervisedLearner(Agent[SupervisedConfig]):
+    """``env_steps`` counts optimiser steps here (the budget unit of the supervised suite)."""
+
     section = "learner"
     config_class = SupervisedConfig
+    STATE_KEYS = ("gen", "soft_reset")
+    envs: TaskStream
 
-    def __init__(self, cfg: SupervisedConfig, envs: TaskStream, device: torch.device, total_steps: int, seed: int,
-                 interventions: Interventions):
-        super().__init__(cfg, envs, device, total_steps, seed, interventions)
-        self.steps_per_iteration = cfg.steps_per_task
-        shape = envs.input_shape
+    def build_networks(self) -> dict[str, nn.Module]:
+        cfg, shape, outputs = self.cfg, self.envs.input_shape, self.envs.num_outputs
         if cfg.model == "mlp":
-            net = mlp(shape, envs.num_outputs, cfg.hidden, "relu", cfg.depth)
-        else:
-            net = small_cnn(shape, envs.num_outputs, cfg.hidden)
-        self.model = interventions.prepare(net).to(device)
+            return {"model": mlp(shape, outputs, cfg.hidden, "relu", cfg.depth)}
+        return {"model": small_cnn(shape, outputs, cfg.hidden)}
+
+    def setup(self, networks: dict[str, nn.Module]) -> None:
+        cfg, seed = self.cfg, self.seed
+        self.steps_per_iteration = cfg.steps_per_task
+        self.model = networks["model"]
         self.optimizer = self._make_optimizer()
         self.task: Task | None = None
-        interventions.batch_fn = lambda: self.task.inputs[:cfg.batch_size].to(device) if self.task else None
-        interventions.attach({"model": self.model}, [self.optimizer])
         self.gen = torch.Generator().manual_seed(seed)
         self.soft_reset = None
         if cfg.soft_reset:
@@ -147,21 +148,10 @@ class SupervisedLearner(Agent):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.optimizer]
 
-    def probe_batch(self, size: int) -> Tensor:
-        return self.envs.probe_inputs(size).to(self.device)
+    def recent_inputs(self, size: int) -> Tensor:
+        """The current task's first inputs (the stream's first task's before training starts)."""
+        inputs = self.task.inputs if self.task is not None else self.envs.probe_inputs(size)
+        return inputs[:size].to(self.device)
 
     def restart_episodes(self, obs: np.ndarray) -> None:
         """Task streams always restore exactly; nothing to restart."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.gen.get_state(), "iteration": self.iteration, "env_steps": self.env_steps,
-                "soft_reset": self.soft_reset.state_dict() if self.soft_reset else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["generator"])
-        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
-        if self.soft_reset is not None:
-            self.soft_reset.load_state_dict(state["soft_reset"])

@@ -63,24 +63,43 @@ class InterventionConfig:
 # Architecture: a normalisation layer before every nonlinearity
 # ---------------------------------------------------------------------------------------
 
+def layer_weight(module: nn.Module) -> Tensor | None:
+    """The weight matrix of a Linear/Conv layer, or of a layer that names its own (``weight_param``:
+    a noisy linear layer's mean weight); None for any other module."""
+    if isinstance(module, WEIGHT_TYPES):
+        return module.weight
+    name = getattr(module, "weight_param", None)
+    return getattr(module, name) if name else None
+
+
 def norm_for(module: nn.Module) -> nn.Module:
-    """LayerNorm for a Linear layer's output; GroupNorm(1, C) (LayerNorm over C, H, W) for a conv's."""
-    if isinstance(module, nn.Linear):
-        return nn.LayerNorm(module.out_features)
+    """LayerNorm for a Linear(-like) layer's output; GroupNorm(1, C) (LayerNorm over C, H, W) for a conv's."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return nn.GroupNorm(1, module.out_channels)
+    if layer_weight(module) is not None and hasattr(module, "out_features"):
+        return nn.LayerNorm(module.out_features)
     raise ConfigError(f"cannot normalise the output of {type(module).__name__}")
 
 
-def insert_norms(net: nn.Sequential) -> nn.Sequential:
-    """A copy of ``net`` with a norm layer between each Linear/Conv and the activation after it."""
+def insert_norms(net: nn.Module) -> nn.Module:
+    """``net`` with a norm layer between each weight layer and the activation after it.
+
+    An ``nn.Sequential`` is rebuilt with the norms in place (a new container sharing the layers);
+    any other module keeps its class and gets each of its containers rebuilt the same way
+    (e.g. a trunk and two heads), so that every hidden layer is normalised.
+    """
     if not isinstance(net, nn.Sequential):
-        raise ConfigError("normalisation interventions need an nn.Sequential network")
+        for name, child in list(net.named_children()):
+            if next(child.children(), None) is not None:
+                setattr(net, name, insert_norms(child))
+        return net
     layers: list[tuple[str, nn.Module]] = []
     previous: tuple[str, nn.Module] | None = None
     for name, module in net.named_children():
-        if type(module) in ACTIVATION_KINDS and previous is not None and isinstance(previous[1], WEIGHT_TYPES):
+        if type(module) in ACTIVATION_KINDS and previous is not None and layer_weight(previous[1]) is not None:
             layers.append((f"norm_{previous[0]}", norm_for(previous[1])))
+        elif next(module.children(), None) is not None:
+            module = insert_norms(module)
         layers.append((name, module))
         previous = (name, module)
     return nn.Sequential(OrderedDict(layers))
@@ -114,7 +133,8 @@ def reset_optimizer_state(opt: torch.optim.Optimizer, param: Tensor, mask: Tenso
 
 
 def weight_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in net.named_modules() if isinstance(m, WEIGHT_TYPES)]
+    """Linear/Conv layers (and layers naming their weight, :func:`layer_weight`), in module order."""
+    return [(name, m) for name, m in net.named_modules() if layer_weight(m) is not None]
 
 
 class Cusum:
@@ -184,6 +204,10 @@ class Intervention:
 
     def observe_loss(self, value: float) -> None: ...
 
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log under ``interventions/`` (summed over the instances of one intervention)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -208,7 +232,7 @@ class NormalizeAndProject(Intervention):
 
     def attach(self, nets, opt):
         super().attach(nets, opt)
-        self.weights = [m.weight for net in nets.values() for _, m in weight_layers(net)]
+        self.weights = [layer_weight(m) for net in nets.values() for _, m in weight_layers(net)]
         self.norm_params = [p for net in nets.values() for m in net.modules() if isinstance(m, NORM_TYPES)
                             for p in m.parameters(recurse=False)]
         self.target = {w: float(w.detach().norm()) for w in self.weights}
@@ -284,6 +308,9 @@ class ELRRewarming(Intervention):
         for group, lr in zip(self.opt.param_groups, self.base_lr):
             group["lr"] = lr * factor
 
+    def metrics(self):
+        return {"interventions/rewarm_restarts": self.restarts}
+
     def state_dict(self):
         return {"cycle_start": self.cycle_start, "cycle_length": self.cycle_length, "restarts": self.restarts,
                 "fire": self._fire, "detector": self.detector.state_dict(), "base_lr": self.base_lr}
@@ -321,6 +348,9 @@ class ReDo(Intervention):
             return
         for net in self.nets.values():
             self.recycled += recycle_dormant(net, batch, self.tau, self.opt)
+
+    def metrics(self):
+        return {"interventions/redo_recycled": self.recycled}
 
     def state_dict(self):
         return {"recycled": self.recycled}
@@ -436,16 +466,32 @@ class HardReset(Intervention):
                     reset_optimizer_state(self.opt, p)
 
 
-INTERVENTIONS = ("nap", "layernorm_wd", "rewarm", "redo", "shrink_perturb", "soft_shrink_perturb", "l2_init", "reset")
+#: name -> a factory of the intervention from the settings (and the agent's inspection batch, for ReDo).
+#: Adding an intervention: a class above, one entry here, its settings in InterventionConfig and
+#: configs/interventions.yaml.
+REGISTRY: dict[str, Callable[[InterventionConfig, Callable[[], Tensor | None]], Intervention]] = {
+    "nap": lambda c, batch: NormalizeAndProject(c.nap_scale_decay),
+    "layernorm_wd": lambda c, batch: LayerNormWeightDecay(c.weight_decay),
+    "rewarm": lambda c, batch: ELRRewarming(c.rewarm_period, c.rewarm_warmup, c.rewarm_min_factor,
+                                            Cusum(c.cusum_threshold, c.cusum_drift)),
+    "redo": lambda c, batch: ReDo(c.redo_tau, c.redo_period, batch),
+    "shrink_perturb": lambda c, batch: ShrinkPerturb("shrink_perturb", c.sp_period, c.sp_shrink, c.sp_perturb),
+    "soft_shrink_perturb": lambda c, batch: ShrinkPerturb("soft_shrink_perturb", 1, c.soft_sp_shrink,
+                                                          c.soft_sp_perturb),
+    "l2_init": lambda c, batch: L2Init(c.l2_init_coef),
+    "reset": lambda c, batch: HardReset(c.reset_period, c.reset_layers),
+}
+#: interventions that insert normalisation layers (at most one of them per agent)
+NORMALISING = ("nap", "layernorm_wd")
 
 
 def parse_use(use: str) -> list[str]:
     names = [n.strip() for n in use.split(",") if n.strip()]
     for n in names:
-        if n not in INTERVENTIONS:
-            raise ConfigError(f"unknown intervention '{n}'; valid interventions: {', '.join(INTERVENTIONS)}")
-    if "nap" in names and "layernorm_wd" in names:
-        raise ConfigError("nap and layernorm_wd both insert normalisation layers: pick one")
+        if n not in REGISTRY:
+            raise ConfigError(f"unknown intervention '{n}'; valid interventions: {', '.join(REGISTRY)}")
+    if len({n for n in names if n in NORMALISING}) > 1:
+        raise ConfigError(f"{' and '.join(NORMALISING)} both insert normalisation layers: pick one")
     if len(set(names)) != len(names):
         raise ConfigError(f"intervention listed twice in '{use}'")
     return names
@@ -467,24 +513,12 @@ class Interventions:
         self.active: list[Intervention] = []
         self.steps: dict[int, int] = {}
 
+    @staticmethod
+    def available() -> list[str]:
+        return list(REGISTRY)
+
     def _make(self, name: str) -> Intervention:
-        c = self.cfg
-        if name == "nap":
-            return NormalizeAndProject(c.nap_scale_decay)
-        if name == "layernorm_wd":
-            return LayerNormWeightDecay(c.weight_decay)
-        if name == "rewarm":
-            return ELRRewarming(c.rewarm_period, c.rewarm_warmup, c.rewarm_min_factor,
-                                Cusum(c.cusum_threshold, c.cusum_drift))
-        if name == "redo":
-            return ReDo(c.redo_tau, c.redo_period, lambda: self.batch_fn() if self.batch_fn else None)
-        if name == "shrink_perturb":
-            return ShrinkPerturb(name, c.sp_period, c.sp_shrink, c.sp_perturb)
-        if name == "soft_shrink_perturb":
-            return ShrinkPerturb(name, 1, c.soft_sp_shrink, c.soft_sp_perturb)
-        if name == "l2_init":
-            return L2Init(c.l2_init_coef)
-        return HardReset(c.reset_period, c.reset_layers)
+        return REGISTRY[name](self.cfg, lambda: self.batch_fn() if self.batch_fn else None)
 
     def prepare(self, net: nn.Module) -> nn.Module:
         for name in self.names:
@@ -521,10 +555,8 @@ class Interventions:
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for iv in self.active:
-            if isinstance(iv, ReDo):
-                out["interventions/redo_recycled"] = out.get("interventions/redo_recycled", 0) + iv.recycled
-            if isinstance(iv, ELRRewarming):
-                out["interventions/rewarm_restarts"] = out.get("interventions/rewarm_restarts", 0) + iv.restarts
+            for key, value in iv.metrics().items():
+                out[key] = out.get(key, 0) + value
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 
 from configs import ConfigError
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: agent state declared once per agent (agents.base.Agent.STATE_KEYS)
 
 #: errno -> what a user reads; anything else is named by os.strerror
 _WRITE_FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",

@@ -294,7 +294,7 @@ class Trainer:
                 metrics, episodes = self.iterate(diagnose)
                 batch = agent.env_steps - steps0
                 if self.monitor.probe is None and self.monitor.cfg.enabled:
-                    self.monitor.probe = agent.probe_batch(self.probe_size)
+                    self.monitor.probe = agent.recent_inputs(self.probe_size).clone()
                     atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
                 if diagnose:
                     metrics.update(self.monitor.collect())

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agents.per import SumTree
-from agents.rainbow import (NoisyLinear, lookahead_meta_gradient, masp_penalty, overlap_init, project_distribution,
-                            similarity)
+from agents.masp import lookahead_meta_gradient, masp_penalty, overlap_init, similarity
+from agents.rainbow import NoisyLinear, project_distribution
 from agents.replay import ReplayBuffer
 from configs import ConfigError
 from envs import EnvConfig, make_vec_env
@@ -234,14 +234,14 @@ def test_rainbow_runs_and_logs_replay_statistics_and_similarity(agent, precision
     td = [float(v) for v in (row.split(",")[header.split(",").index("losses/td")] for row in lines[1:]) if v]
     assert td and all(0 < v < 10 for v in td)  # a cross-entropy over 51 atoms: positive and finite
     if agent == "rainbow_masp":
-        assert a["w"].shape == (3 * 3, 3 * 3) and "masp/similarity_mean" in header and "losses/masp" in header
+        assert a["masp"]["w"].shape == (3 * 3, 3 * 3) and "masp/similarity_mean" in header and "losses/masp" in header
         events = list((tmp_path / "t" / "full" / "tb").glob("events.out.tfevents.*"))
         assert events and b"masp/similarity" in events[0].read_bytes()  # the heatmap image
         # the learned similarity initialises another run (transfer)
         assert main("minatar", [*args, "--total-steps", "400", "--run-name", "transfer", "--similarity-from",
                                 str(tmp_path / "t" / "full")]) == 0
         c = torch.load(tmp_path / "t" / "transfer" / "checkpoints" / "step_000000000000.pt", weights_only=False)
-        assert torch.equal(c["agent"]["w"], a["w"])
+        assert torch.equal(c["agent"]["masp"]["w"], a["masp"]["w"])
 
 
 def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
