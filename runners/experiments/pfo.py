@@ -15,7 +15,6 @@ each diagnosed update (``batch_start/...``).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -23,9 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from configs import ConfigError
+from configs import CONFIG_DIR, ConfigError
 from runners.aggregate import load_run
-from runners.experiments import REPO, interval_order, machine_line, plot_bands, save_figure, t_interval
+from runners.experiments.common import (
+    RESULTS,
+    config_value,
+    interval_order,
+    machine_line,
+    plot_bands,
+    pyplot,
+    save_figure,
+    summary_of,
+    t_interval,
+    write_page,
+)
 from runners.storage import atomic_write_bytes, atomic_write_text, make_dir, read_metrics
 
 SWEEPS = ("pfo_minatar", "pfo_atari_small")
@@ -40,10 +50,13 @@ METRICS = {  # column -> (label, claimed direction under more epochs: +1 grows, 
 RETURN = "charts/episodic_return"
 #: verdict words by interval_order(a, b) relative to the claimed sign: the one rule of this page
 VERDICT = {1: "reproduced", 0: "not distinguishable", -1: "contradicted"}
+QUICK_TOTAL_STEPS = 3072  # the smoke test's budget: a few PPO iterations
+TOY_EPS = 0.1  # the Fig. 5 toy's clip range, as in the paper
 
 
 @dataclass(frozen=True)
 class Arm:
+    """One arm of the sweeps: the agent and its epochs per rollout (``ppo.epochs``)."""
     agent: str
     epochs: int
 
@@ -58,7 +71,7 @@ def run_sweeps(results: Path, quick: bool) -> dict[str, Path]:
     from runners.sweep import main as sweep_main
     out = {}
     for name in SWEEPS:
-        source = REPO / "configs" / "sweeps" / f"{name}.yaml"
+        source = CONFIG_DIR / "sweeps" / f"{name}.yaml"
         if quick:
             source = quick_sweep(source, results)
             name = source.stem
@@ -76,7 +89,7 @@ def quick_sweep(source: Path, results: Path) -> Path:
     import yaml
     data = yaml.safe_load(source.read_text())
     data["name"] = f"{data['name']}_quick"
-    data["base"]["total_steps"] = 3072
+    data["base"]["total_steps"] = QUICK_TOTAL_STEPS
     data["base"]["set"]["diagnostics.interval"] = 1
     data["grid"]["seed"] = [1]
     if "env" in data["grid"]:
@@ -110,7 +123,7 @@ def first_value(run_dir: Path, column: str) -> float:
 def end_value(run_dir: Path, column: str) -> float:
     """The run's end-of-training value: the paper's last-5% excess ratio, the last-100-episode return, or the
     mean over the last quarter of the diagnostics rows."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = summary_of(run_dir)
     if column == "trust_region/excess_ratio":
         value = summary.get("excess_ratio_last5pct")
         return math.nan if value is None else float(value)
@@ -147,9 +160,7 @@ def fmt(iv: tuple[float, float]) -> str:
 
 
 def figure(game: str, groups: dict[tuple[str, Arm], list[Path]], arms: list[Arm], suffix: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     columns = [RETURN, *METRICS]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6))
     for ax, column in zip(axes, columns):
@@ -172,12 +183,10 @@ def figure(game: str, groups: dict[tuple[str, Arm], list[Path]], arms: list[Arm]
 
 
 def toy_figure(suffix: str) -> tuple[Path, list[float], list[float]]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from plasticity.policy import clipped_ratio_escape_toy
-    eps = 0.1
+    eps = TOY_EPS
     rx, ry = clipped_ratio_escape_toy((0.5152631998062134, -0.44137823581695557), 0.11631361395120621, eps=eps)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(rx, marker="o", label="ratio on x")
@@ -192,9 +201,7 @@ def toy_figure(suffix: str) -> tuple[Path, list[float], list[float]]:
 
 def scatter_figure(groups: dict[tuple[str, Arm], list[Path]], suffix: str) -> Path:
     """The paper's central relation, run by run: end-of-training excess ratio against policy rank."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     games = sorted({g for g, _ in groups})
     fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.6), squeeze=False)
     rank = f"batch_start/approx_rank/{LAYER}"
@@ -244,50 +251,52 @@ def pfo(args) -> None:
     for sweep_dir in sweep_dirs.values():
         groups.update(group_runs(sweep_dir))
         table = (sweep_dir / "aggregate.csv").read_bytes()
-        atomic_write_bytes(REPO / "results" / f"{sweep_dir.name}_aggregate.csv", table)
+        atomic_write_bytes(RESULTS / f"{sweep_dir.name}_aggregate.csv", table)
     games = sorted({g for g, _ in groups})
     arms = sorted({a for _, a in groups}, key=lambda a: (a.agent, a.epochs))
     epochs = tuple(sorted({a.epochs for a in arms}))
     if len(epochs) != 2:
         raise ConfigError(f"the pfo page compares two epoch settings; the sweeps have {epochs}")
     run_dirs = [r for runs in groups.values() for r in runs]
-    wall = sum(json.loads((r / "summary.json").read_text())["wall_time_s"] for r in run_dirs)
+    wall = sum(summary_of(r)["wall_time_s"] for r in run_dirs)
+    baseline = Arm("ppo", epochs[0])  # budgets and seed counts are read from its runs
 
     lines = ["# PPO's representation collapse and PFO, at small scale", "",
              f"Command: `python -m runners.experiments pfo{' --quick' if args.quick else ''}` (runs "
              + ", ".join(f"`configs/sweeps/{s}.yaml`" for s in SWEEPS)
              + " through `runners.sweep --launch local`, reusing completed runs). Paper: Moalla et al. 2024, "
              "\"No Representation, No Trust\"; the arms are its non-stationarity knob (epochs per rollout, "
-             f"{epochs[0]} and {epochs[1]}) with and without PFO (coefficient 1, penultimate layer).", "",
+             f"{epochs[0]} and {epochs[1]}) with and without PFO (coefficient "
+             f"{config_value('ppo_pfo.yaml', 'ppo.pfo_coef'):g}, penultimate layer).", "",
              "Settings: the PFO paper's Atari PPO hyperparameters everywhere (configs/ppo.yaml); MinAtar uses "
              "MinAtar's network (configs/minatar/ppo.yaml). Budgets are tiny next to the paper's 100M Atari steps: "
-             + "; ".join(f"{g}: {load_run(groups[(g, arms[0])][0]).config['run.total_steps']:,} agent steps, "
-                         f"{len(groups[(g, arms[0])])} seed(s)" for g in games)
+             + "; ".join(f"{g}: {load_run(groups[(g, baseline)][0]).config['run.total_steps']:,} agent steps, "
+                         f"{len(groups[(g, baseline)])} seed(s)" for g in games)
              + ". A pilot before the sweep (`python -m runners.minatar --agent=ppo --env=Breakout --set "
              "ppo.epochs=E`, E = 4 and 16, one seed, stopped after 20-50k steps) showed the policy rank falling and "
              "dead units rising within the first 20k steps already at 4 epochs, so the paper's 4 and 8 were kept and "
              "no stronger setting was added. Each run uses one core; "
              f"the runs took {wall / 60:.0f} core-minutes in all.", "",
-             "Measures (the paper's protocol, `diagnostics.batch`): approximate rank (99% of the squared singular "
+             ("Measures (the paper's protocol, `diagnostics.batch`): approximate rank (99% of the squared singular "
              "values), pre-activation feature norm and share of dead ReLU units of the policy's penultimate layer, "
              "on the current rollout batch at the start of each diagnosed update (`batch_start/...`, every "
              "diagnostics interval); the excess ratio (mean ratio above 1+eps over mean ratio below 1-eps after the "
              "update) averaged over the last 5% of training as in the paper; return: the mean of the last 100 "
              f"episodes. End-of-training values of the representation metrics: the mean over the last {TAIL:.0%} "
-             "of each run's diagnostics rows.", "",
-             "**Verdict rule** (every claim, every game): 95% Student-t intervals across seeds; a claim is "
+             "of each run's diagnostics rows."), "",
+             ("**Verdict rule** (every claim, every game): 95% Student-t intervals across seeds; a claim is "
              "*reproduced* when the two arms' intervals are disjoint in the claimed direction, *contradicted* when "
              "they are disjoint the other way, *not distinguishable* when they overlap. For \"PFO does not lose "
-             "return\" the claim is reproduced unless PFO's interval lies wholly below PPO's.", ""]
+             "return\" the claim is reproduced unless PFO's interval lies wholly below PPO's."), ""]
     verdicts = {game: claims(groups, game, epochs) for game in games}
     lines += ["## Verdicts", "", "| claim | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
     for i, (claim, _) in enumerate(verdicts[games[0]]):
         lines.append(f"| {claim} | " + " | ".join(verdicts[g][i][1].split(" (")[0] for g in games) + " |")
-    lines += ["", "The intervals behind each verdict are in the per-game sections below. How to read them at these "
+    lines += ["", ("The intervals behind each verdict are in the per-game sections below. How to read them at these "
               "budgets: where the policy rank at the end is *above* its value at the first update (the tables' third "
               "column), the runs are still in the early phase in which features are being learned, and more epochs "
               "(more updates per sample) learn them faster; the paper's collapse is a late-training effect, over 100M "
-              "steps. The excess ratio and PFO's effect on the features are what these budgets can show.", ""]
+              "steps. The excess ratio and PFO's effect on the features are what these budgets can show."), ""]
     for game in games:
         png = figure(game, groups, arms, suffix)
         lines += [f"## {game}", "", f"![{game}](figures/{png.name})", "",
@@ -310,18 +319,17 @@ def pfo(args) -> None:
               "One point per run: its end-of-training policy rank and excess ratio (the paper's Fig. 1 relation).", "",
               "## The paper's Fig. 5 toy", "",
               f"![toy](figures/{toy.name})", "",
-              "A linear softmax policy, two states with features x and y = 3x, SGD (step 1.5) on the clipped "
-              "surrogate of action 1 (advantage +1, eps 0.1), x and y in turn, the paper code's seed-1 draws "
+              ("A linear softmax policy, two states with features x and y = 3x, SGD (step 1.5) on the clipped "
+              f"surrogate of action 1 (advantage +1, eps {TOY_EPS}), x and y in turn, the paper code's seed-1 draws "
               f"(`plasticity.policy.clipped_ratio_escape_toy`, tested in tests/test_ppo_losses.py). The ratio on y "
-              f"passes 1 + eps after step {next(i for i, r in enumerate(ry) if r > 1.1)}, yet the steps on x push "
+              f"passes 1 + eps after step {next(i for i, r in enumerate(ry) if r > 1 + TOY_EPS)}, yet the steps on x push "
               f"it on to {ry[-1]:.3f} (x ends at {rx[-1]:.3f}): "
-              "clipping stops y's own gradient, not the interference through the shared weights.", "",
+              "clipping stops y's own gradient, not the interference through the shared weights."), "",
               "## Tables", "",
               "Each sweep's `runners.aggregate` table (mean and IQM with bootstrap intervals, every diagnostic at "
               "quarters of training) is committed beside this page: "
               + ", ".join(f"[{s}{suffix}_aggregate.csv]({s}{suffix}_aggregate.csv)" for s in SWEEPS) + ".", "",
               machine_line({("", 0): run_dirs[0]}) + f" Page built in {(time.time() - t0) / 60:.1f} minutes "
               "(including the runs it had to make).", ""]
-    out_md = REPO / "results" / f"pfo{suffix}.md"
-    atomic_write_text(out_md, "\n".join(lines))
+    out_md = write_page(f"pfo{suffix}.md", lines)
     print(f"wrote {out_md}")
