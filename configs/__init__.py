@@ -11,12 +11,14 @@ agent's paper defaults, suite- and variant-specific overrides, the user's own fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -112,9 +114,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
+        if (value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))) \
+                and type(None) in args:
+            return None
         for arg in args:
             if arg is type(None):
                 continue
@@ -181,7 +183,7 @@ def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
             raise ConfigError(f"{where}: {value!r} is out of range (must be {op} {lo})")
         if hi is not None and value > hi:
             raise ConfigError(f"{where}: {value!r} is out of range (must be <= {hi})")
-        if isinstance(value, float) and value != value:
+        if isinstance(value, float) and math.isnan(value):
             raise ConfigError(f"{where}: NaN is not a valid value")
 
 
@@ -264,10 +266,8 @@ def dump_yaml(sections: Mapping[str, Any], sources: Mapping[str, str]) -> str:
     for name, section in sections.items():
         lines.append(f"{name}:")
         for key, value in to_dict(section).items():
-            rendered = yaml.safe_dump(value, default_flow_style=True).strip()
-            if rendered.endswith("\n..."):
-                rendered = rendered[:-4].strip()
-            rendered = rendered.removesuffix("...").strip()
+            # a plain scalar is dumped as a document with an end marker: "8\n...\n"
+            rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
             src = sources.get(f"{name}.{key}")
             lines.append(f"  {key}: {rendered}" + (f"  # {src}" if src else ""))
     return "\n".join(lines) + "\n"

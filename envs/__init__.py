@@ -1,17 +1,19 @@
 """One factory, :func:`make_vec_env`, from an :class:`EnvConfig` to a batched environment.
 
-Suites: ``atari`` (ALE games via envpool or ale-py), ``minatar`` (the MinAtar games, the
-CPU testbed), ``classic`` (gymnasium classic control). See :mod:`envs.base` for the
-interface and its autoreset convention.
+Suites (``atari``: ALE games via envpool or ale-py; ``minatar``: the MinAtar games, the CPU
+testbed; ``classic``: gymnasium classic control; ``supervised``: task streams) are records of
+the registry in :mod:`envs.suites`. See :mod:`envs.base` for the interface and its autoreset
+convention.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from configs import ConfigError, param
+from configs import param
 from envs.base import Episode, VecEnv, VecStep
+from envs.suites import REGISTRY, Suite, get_suite
 
-SUITES = ("atari", "minatar", "classic", "supervised")
+SUITES = tuple(REGISTRY)  # the registered suites' names
 
 
 @dataclass
@@ -39,73 +41,21 @@ class EnvConfig:
 
 def canonical_id(suite: str, env_id: str) -> str:
     """Normalise a user-given id within a suite or raise ConfigError listing the valid ones."""
-    if suite == "atari":
-        from envs.atari import atari_games
-        name = env_id.removeprefix("ALE/").split("-")[0]
-        games = atari_games()
-        by_lower = {g.lower(): g for g in games}
-        if name.lower() in by_lower:
-            return by_lower[name.lower()]
-        raise ConfigError(f"unknown Atari game '{env_id}'; valid games: {', '.join(games)}")
-    if suite == "minatar":
-        from envs.gym_envs import MINATAR_GAMES
-        name = env_id.removeprefix("MinAtar/").split("-")[0]
-        for game in MINATAR_GAMES:
-            if game.lower() == name.lower():
-                return game
-        raise ConfigError(f"unknown MinAtar game '{env_id}'; valid games: {', '.join(MINATAR_GAMES)}")
-    if suite == "supervised":
-        from envs.supervised import STREAMS
-        if env_id in STREAMS:
-            return env_id
-        raise ConfigError(f"unknown task stream '{env_id}'; valid streams: {', '.join(STREAMS)}")
-    if suite == "classic":
-        from envs.gym_envs import CLASSIC_CONTROL
-        for name in CLASSIC_CONTROL:
-            if name.lower() == env_id.lower():
-                return name
-        raise ConfigError(f"unknown classic-control environment '{env_id}'; valid ids: {', '.join(CLASSIC_CONTROL)}")
-    raise ConfigError(f"unknown suite '{suite}'; valid suites: {', '.join(SUITES)}")
+    return get_suite(suite).canonical_id(env_id)
 
 
 def list_envs(suite: str) -> list[str]:
-    if suite == "atari":
-        from envs.atari import atari_games
-        return atari_games()
-    if suite == "supervised":
-        from envs.supervised import STREAMS
-        return list(STREAMS)
-    from envs.gym_envs import CLASSIC_CONTROL, MINATAR_GAMES
-    return list(MINATAR_GAMES if suite == "minatar" else CLASSIC_CONTROL)
+    return get_suite(suite).ids()
 
 
 def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
     """Build the batched environment described by ``cfg``; env i is seeded with ``seed + i``.
 
-    For the ``supervised`` suite, ``cfg`` is a TaskStreamConfig and the result a TaskStream.
+    ``cfg`` is the suite's env section (:class:`EnvConfig`; for ``supervised`` a TaskStreamConfig,
+    and the result a TaskStream).
     """
-    env_id = canonical_id(suite, cfg.id)
-    if suite == "supervised":
-        from envs.supervised import TaskStream
-        return TaskStream(cfg, seed)
-    if suite == "atari":
-        from envs.atari import ALEAtari, EnvpoolAtari
-        cfg.id = env_id
-        return EnvpoolAtari(cfg, seed) if cfg.backend == "envpool" else ALEAtari(cfg, seed)
-
-    import gymnasium as gym
-    from envs.gym_envs import GymVecEnv, minatar_obs
-    limit = cfg.max_episode_frames or None
-    if suite == "minatar":
-        try:
-            from minatar.gym import register_envs
-        except ImportError:
-            raise ConfigError("the MinAtar suite needs the 'minatar' package: pip install minatar") from None
-        if "MinAtar/Breakout-v1" not in gym.registry:
-            register_envs()
-        gym_id = f"MinAtar/{env_id}-v{0 if cfg.full_action_space else 1}"
-        return GymVecEnv(lambda: gym.make(gym_id, max_episode_steps=limit), cfg.num_envs, seed, minatar_obs)
-    return GymVecEnv(lambda: gym.make(env_id, max_episode_steps=limit), cfg.num_envs, seed)
+    spec = get_suite(suite)
+    return spec.make(cfg, spec.canonical_id(cfg.id), seed)
 
 
 def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0) -> float:
@@ -124,5 +74,16 @@ def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int
     return float(np.mean(returns))
 
 
-__all__ = ["EnvConfig", "Episode", "SUITES", "VecEnv", "VecStep", "canonical_id", "list_envs", "make_vec_env",
-           "random_policy_return"]
+__all__ = [
+    "SUITES",
+    "EnvConfig",
+    "Episode",
+    "Suite",
+    "VecEnv",
+    "VecStep",
+    "canonical_id",
+    "get_suite",
+    "list_envs",
+    "make_vec_env",
+    "random_policy_return",
+]

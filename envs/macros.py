@@ -11,13 +11,11 @@ learners discount what follows by gamma^k (SMDP). Without macros every step comp
 
 Macro sets (``make_macros``): ``repeat:2,4`` (every primitive repeated 2 and 4 times),
 ``list:[[2,2,3],[1,1]]`` (explicit sequences) or ``file:PATH`` (a YAML list, e.g. written by
-``python -m envs.macros mine RUN_DIR``, which counts the most frequent action n-grams within
-episodes in a run's replay buffer).
+``python -m runners.macros mine RUN_DIR``, which counts the most frequent action n-grams within
+episodes in a run's replay buffer with :func:`mine_ngrams`).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -147,43 +145,3 @@ def mine_ngrams(actions: np.ndarray, valid: np.ndarray, n_values: list[int], top
         ranked = [g for g, _ in counts.most_common() if len(g) == n]
         out += [list(g) for g in ranked[:top]]
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m envs.macros mine RUN_DIR [--n 2 3] [--top 4] [--out macros.yaml]"""
-    parser = argparse.ArgumentParser(prog="python -m envs.macros",
-                                     description="Mine frequent action n-grams from a run's replay buffer as macros.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    mine = sub.add_parser("mine", help="count action n-grams in RUN_DIR/checkpoints/latest.pt's replay")
-    mine.add_argument("run_dir", type=Path)
-    mine.add_argument("--n", type=int, nargs="+", default=[2, 3], help="n-gram lengths")
-    mine.add_argument("--top", type=int, default=4, help="macros kept per length")
-    mine.add_argument("--out", type=Path, help="YAML file to write (default: print)")
-    args = parser.parse_args(argv)
-    try:
-        from runners.storage import atomic_write_text, load_checkpoint
-        ckpt = load_checkpoint(args.run_dir / "checkpoints" / "latest.pt")
-        replay = ckpt["agent"].get("replay")
-        if replay is None:
-            raise ConfigError(f"{args.run_dir} has no replay buffer in its checkpoint (an off-policy agent's run is needed)")
-        num_primitives = int(ckpt["agent"].get("num_primitives", int(replay["actions"].max()) + 1))
-        rows = replay["actions"].shape[0]
-        order = [(int(replay["next_row"][e]) + np.arange(rows)) % rows for e in range(replay["actions"].shape[1])]
-        actions = np.stack([replay["actions"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
-        valid = np.stack([replay["valid"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
-        macros = mine_ngrams(actions, valid, args.n, args.top, num_primitives)
-        text = yaml.safe_dump(macros, default_flow_style=None)
-        if args.out:
-            atomic_write_text(args.out, text)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.out:
-        print(f"wrote {len(macros)} macros to {args.out}; use --set rainbow.macros=file:{args.out}", file=sys.stderr)
-    else:
-        print(text, end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

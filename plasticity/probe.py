@@ -1,8 +1,11 @@
-"""Capacity and plasticity probes over a run's checkpoints.
+"""Capacity and plasticity probes: how well a copy of a network still fits new targets.
 
-    python -m plasticity.probe RUN_DIR                      # capacity probe on every checkpoint
-    python -m plasticity.probe RUN_DIR --kind plasticity    # plasticity probe
-    python -m plasticity.probe RUN_DIR --every 4 --epochs 35
+The functions here work on any network and inputs; ``python -m runners.probe RUN_DIR`` applies
+them to every checkpoint of a run (see runners/probe.py):
+
+    python -m runners.probe RUN_DIR                      # capacity probe on every checkpoint
+    python -m runners.probe RUN_DIR --kind plasticity    # plasticity probe
+    python -m runners.probe RUN_DIR --every 4 --epochs 35
 
 Both train a *copy* of each network of a checkpoint on a fixed dataset (the run's probe batch:
 observations collected by the initial policy) and report its loss; a higher loss later in
@@ -29,23 +32,16 @@ annealing; the reported loss is that of the last minibatch. Where it differs:
   clip; the PFO code sums their two losses in one backward pass, which is the same update
   (disjoint parameters, separate optimisers and clips).
 
-Writes ``RUN_DIR/probes/<kind>.csv`` (step, network, loss) and ``<kind>.png``.
+The command writes ``RUN_DIR/probes/<kind>.csv`` (step, network, loss) and ``<kind>.png``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
-import io
-import json
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from configs import ConfigError
 from plasticity.interventions import fresh_copy
 
 
@@ -103,102 +99,6 @@ def plasticity_loss(net: nn.Module, inputs: Tensor, steps: int | None, batch_siz
         torch.manual_seed(seed + k)
         random_net = fresh_copy(net).eval()
         student = copy.deepcopy(net)
-        total += fit(student, inputs, lambda x: a + torch.sin(1e5 * random_net(x)), "mse", steps, batch_size, lr,
+        total += fit(student, inputs, lambda x, g=random_net: a + torch.sin(1e5 * g(x)), "mse", steps, batch_size, lr,
                      torch.Generator().manual_seed(seed + k), max_grad_norm, epochs)
     return total / functions
-
-
-def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    found = sorted((int(p.stem.split("_")[1]), p) for p in (run_dir / "checkpoints").glob("step_*.pt"))
-    if not found:
-        raise ConfigError(f"{run_dir} has no periodic checkpoints (checkpoints/step_*.pt)")
-    return found
-
-
-def build_agent(run_dir: Path):
-    """The run's agent, rebuilt from its run.json and config.yaml (networks only are used), its envs and its
-    agent config (for the learning rate, minibatch size and gradient clip of the fit)."""
-    from agents import get_agent
-    from envs import make_vec_env
-    from plasticity.interventions import Interventions
-    from runners.cli import resolve
-    meta = json.loads((run_dir / "run.json").read_text())
-    spec = get_agent(meta["agent"], meta["suite"])
-    sections, _ = resolve(meta["suite"], spec, [run_dir / "config.yaml"], [])
-    envs = make_vec_env(meta["suite"], sections["env"], 0)
-    cls = spec.load()
-    agent = cls(sections[cls.section], envs, torch.device("cpu"), sections["run"].total_steps, 0,
-                Interventions(sections["interventions"]))
-    return agent, envs, sections[cls.section]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plasticity.probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--kind", choices=("capacity", "plasticity"), default="capacity")
-    parser.add_argument("--epochs", type=int, default=1, help="passes over the probe batch per fit (PFO code: 1)")
-    parser.add_argument("--steps", type=int, help="minibatch steps per fit instead of --epochs passes")
-    parser.add_argument("--batch-size", type=int, help="minibatch size (default: the run's; PFO code: the run's)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default: the run's)")
-    parser.add_argument("--max-grad-norm", type=float, help="gradient-norm clip, 0 for none (default: the run's)")
-    parser.add_argument("--every", type=int, default=1, help="probe every k-th checkpoint")
-    parser.add_argument("--functions", type=int, default=3, help="plasticity: random functions per checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        run_dir = args.run_dir
-        if not (run_dir / "run.json").is_file() or not (run_dir / "probe.pt").is_file():
-            raise ConfigError(f"{run_dir} is not a run directory with a probe batch (run.json, probe.pt)")
-        from runners.storage import atomic_write_text, load_checkpoint, make_dir
-        agent, envs, agent_cfg = build_agent(run_dir)
-        lr = args.lr or getattr(agent_cfg, "lr", 1e-3)
-        batch_size = args.batch_size or getattr(agent_cfg, "minibatch_size", getattr(agent_cfg, "batch_size", 256))
-        clip = args.max_grad_norm if args.max_grad_norm is not None else getattr(agent_cfg, "max_grad_norm", 0.0)
-        fit_args = dict(max_grad_norm=clip, epochs=args.epochs)
-        inputs = torch.load(run_dir / "probe.pt", map_location="cpu")
-        rows = []
-        for step, path in checkpoints(run_dir)[::args.every]:
-            agent.load_state_dict(load_checkpoint(path)["agent"])
-            for name, net in agent.networks().items():
-                if args.kind == "capacity":
-                    loss = capacity_loss(net, inputs, args.steps, batch_size, lr, args.seed, **fit_args)
-                else:
-                    loss = plasticity_loss(net, inputs, args.steps, batch_size, lr, args.seed, args.functions,
-                                           **fit_args)
-                rows.append((step, name, loss))
-                print(f"step {step}: {name} {args.kind} loss {loss:.4g}", file=sys.stderr)
-        envs.close()
-        out = run_dir / "probes"
-        make_dir(out)
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["step", "network", "loss"])
-        writer.writerows(rows)
-        atomic_write_text(out / f"{args.kind}.csv", buf.getvalue())
-        plot(rows, out / f"{args.kind}.png", args.kind)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out / (args.kind + '.csv')}", file=sys.stderr)
-    return 0
-
-
-def plot(rows: list[tuple[int, str, float]], path: Path, kind: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in sorted({r[1] for r in rows}):
-        pts = [(s, v) for s, n, v in rows if n == name]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set(xlabel="agent steps", ylabel=f"{kind} loss (lower = more {kind})", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    from runners.storage import atomic_savefig
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,9 +24,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml
@@ -128,10 +128,8 @@ def load_run(path: Path) -> Run:
         sections = yaml.safe_load((path / "config.yaml").read_text()) or {}
     except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is not a readable run directory: {exc}") from None
-    from runners.cli import RUN_FORMAT
-    if meta.get("format") != RUN_FORMAT:
-        raise ConfigError(f"{path} was written by another version (run format {meta.get('format')}, "
-                          f"this version reads {RUN_FORMAT})")
+    from runners.rundir import check_run_format
+    check_run_format(meta, path)
     config = {f"{s}.{k}": v for s, fields in sections.items() if isinstance(fields, dict) for k, v in fields.items()}
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
     columns, data = read_metrics_array(path / "metrics.csv")
@@ -221,8 +219,8 @@ def markdown(rows: list[dict], overall: dict) -> str:
                   "| arm | games | IQM [95% CI] |", "|---|---|---|"]
         for arm, o in overall.items():
             lines.append(f"| {arm} | {o['tasks']} | {o['iqm']:.3g} [{o['ci'][0]:.3g}, {o['ci'][1]:.3g}] |")
-    lines += ["", "Diagnostics at each point of training are in aggregate.csv (measure = metric name, point = "
-              "fraction of the training budget)."]
+    lines += ["", ("Diagnostics at each point of training are in aggregate.csv (measure = metric name, point = "
+                   "fraction of the training budget).")]
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,6 @@ SHORTCUTS = {"agent": "--agent", "env": "--env", "seed": "--seed", "total_steps"
              "intervention": "--intervention", "config": "--config"}
 TOP_KEYS = {"name", "runner", "base", "grid", "zip", "slurm", "local"}
 SLURM_KEYS = {"partition", "time", "cpus", "mem", "gres", "account", "max_parallel", "extra", "requeue"}
-SUITE_RUNNERS = ("atari", "minatar", "classic", "supervised")
 
 
 @dataclass
@@ -123,8 +122,9 @@ def load_sweep(path: Path, results_dir: Path | None = None) -> Sweep:
     if unknown:
         raise ConfigError(f"sweep file {path}: unknown field '{unknown[0]}'; valid fields: {', '.join(sorted(TOP_KEYS))}")
     runner = data.get("runner")
-    if runner not in SUITE_RUNNERS:
-        raise ConfigError(f"sweep file {path}: runner must be one of {', '.join(SUITE_RUNNERS)}, got {runner!r}")
+    from envs.suites import REGISTRY
+    if runner not in REGISTRY:
+        raise ConfigError(f"sweep file {path}: runner must be one of {', '.join(REGISTRY)}, got {runner!r}")
     name = str(data.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError(f"sweep file {path}: name '{name}' may use only letters, digits, '.', '_' and '-'")
@@ -162,8 +162,10 @@ def validate(sweep: Sweep) -> None:
     """Resolve every run's configuration now, so that a bad value fails before anything starts."""
     from agents import get_agent
     from configs import parse_assignment
-    from runners.cli import DEFAULT_AGENT, build_parser, config_files, resolve, shortcut_overrides
-    parser = build_parser(sweep.runner, DEFAULT_AGENT[sweep.runner])
+    from envs.suites import get_suite
+    from runners.cli import build_parser, shortcut_overrides
+    from runners.rundir import config_files, resolve
+    parser = build_parser(sweep.runner, get_suite(sweep.runner).default_agent)
     for i in range(len(sweep.runs)):
         try:
             args = parser.parse_args(sweep.argv(i))
@@ -268,10 +270,10 @@ def launch_local(sweep: Sweep, source: Path, indices: list[int], max_parallel: i
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a") as f:
-                rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+                rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
         except OSError as exc:  # the task's log cannot be written: run it with its output here instead
             print(f"task {i}: cannot write its log {log} ({exc.strerror}); its output follows", file=sys.stderr)
-            rc = subprocess.run(cmd, cwd=REPO).returncode
+            rc = subprocess.run(cmd, cwd=REPO, check=False).returncode
         state = task_state(sweep, i)
         reason = read_summary(sweep.run_dir(i)).get("reason") if state == "failed" else ""
         print(f"task {i}: exit {rc} ({state}{': ' + reason if reason else ''})", file=sys.stderr)
@@ -322,7 +324,7 @@ def launch_slurm(sweep: Sweep, source: Path, indices: list[int], opts: dict[str,
     (sweep.dir / "slurm" / "logs").mkdir(parents=True, exist_ok=True)
     from runners.storage import atomic_write_json, atomic_write_text
     atomic_write_text(script, sbatch_script(sweep, source, indices, opts))
-    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ConfigError(f"sbatch failed: {proc.stderr.strip() or proc.stdout.strip()}")
     job = proc.stdout.strip().split(";")[0]
@@ -337,7 +339,8 @@ def slurm_states(sweep: Sweep) -> dict[int, str]:
     """Task index -> Slurm state (PENDING, RUNNING, ...) from squeue, when Slurm is reachable."""
     if shutil.which("squeue") is None:
         return {}
-    proc = subprocess.run(["squeue", "-h", "-r", "-n", sweep.name, "-o", "%K %T"], capture_output=True, text=True)
+    proc = subprocess.run(["squeue", "-h", "-r", "-n", sweep.name, "-o", "%K %T"], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         return {}
     out = {}

@@ -47,8 +47,8 @@ def test_sb3_callback_logs_diagnostics_for_ppo_on_cartpole(tmp_path):
 
 
 def test_capacity_and_plasticity_probes_over_a_runs_checkpoints(tmp_path, capsys):
-    from plasticity.probe import capacity_loss, main as probe
     from runners.cli import main
+    from runners.probe import main as probe
     args = ["--agent", "ppo", "--total-steps", "1024", "--set", "env.num_envs=4", "--set", "ppo.num_steps=64",
             "--set", "run.checkpoint_steps=512", "--results-dir", str(tmp_path), "--run-name", "r", "--no-progress"]
     assert main("classic", args) == 0

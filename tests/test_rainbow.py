@@ -269,3 +269,17 @@ def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
     assert f"+{expected:.3f} (0, 0+0)" in lines[2]
     assert lines[-3] == "- Breakout: correlation between seeds +1.00"
     assert lines[-1].startswith("Mean correlation +1.00: the seeds learn a similar structure")
+
+
+def test_macros_are_mined_from_a_runs_replay_in_time_order(tmp_path, capsys):
+    """runners.macros reads each environment's replay ring from its oldest row (next_row) on."""
+    from runners.macros import main as macros
+    from runners.storage import CHECKPOINT_FORMAT, atomic_torch_save
+    actions = torch.tensor([[2], [0], [1]])  # ring of 3 rows, next_row 1: time order 0, 1, 2
+    replay = {"actions": actions, "valid": torch.ones(3, 1, dtype=torch.bool), "next_row": torch.tensor([1])}
+    (tmp_path / "checkpoints").mkdir()
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "agent": {"replay": replay, "num_primitives": 3}},
+                      tmp_path / "checkpoints" / "latest.pt")
+    assert macros(["mine", str(tmp_path), "--n", "3", "--top", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "- [0, 1, 2]"
+    assert macros(["mine", str(tmp_path / "nope")]) == 2 and "no checkpoint at" in capsys.readouterr().err

@@ -286,3 +286,11 @@ def test_print_config(capsys):
     assert main("minatar", ["--agent", "ppo_pfo", "--print-config", "--ppo.epochs", "8"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 8  # command line" in out and "network: minatar_cnn" in out
+
+
+def test_a_field_of_the_agents_own_section_is_a_flag(capsys):
+    assert main("minatar", ["--agent", "ppo", "--print-config", "--epochs", "8", "--anneal-lr=true"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 8  # command line" in out and "anneal_lr: true  # command line" in out
+    assert main("minatar", ["--agent", "ppo", "--similarity-from", "x"]) == 2
+    assert "unrecognised argument '--similarity-from'" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""The suite registry: each suite (atari, minatar, classic, supervised, ...) is one :class:`Suite` record.
+
+A record says everything the rest of the code needs to know about a suite: its ``env`` config
+section (a dataclass), its ids (the list, and how a user-given id is matched to one of them, with
+the error that lists the valid ones), the factory that builds its batched environment, and what
+the command line needs (the default agent, a one-line description for ``--help``, whether the
+RL agents apply). :func:`envs.make_vec_env`, :func:`envs.canonical_id`, ``runners.cli`` and
+``runners.sweep`` dispatch through :func:`get_suite`; nothing else branches on a suite's name.
+
+To add a suite: write its back end (a :class:`envs.base.VecEnv`), register a ``Suite`` at the
+end of this module, add ``configs/<name>.yaml`` (its run, env and diagnostics defaults) and the
+three-line entry point ``runners/<name>.py``. Back ends are imported only when a suite is used.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from configs import ConfigError
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str  # one line, for --help and the README
+    config: str  # "module:Class" of the env section's dataclass, imported on demand
+    ids: Callable[[], list[str]]  # the valid env ids (may import the back end)
+    make: Callable[[Any, str, int], Any]  # (env config, canonical id, seed) -> VecEnv (or TaskStream)
+    default_agent: str
+    id_kind: str  # "Atari game": how errors name an id
+    ids_name: str = "ids"  # "valid <ids_name>: ..." in errors
+    alias: Callable[[str], str] = lambda env_id: env_id  # user id -> the name compared with ids()
+    ignore_case: bool = True
+    rl: bool = True  # the RL agents (agents.RL_SUITES) run on it
+
+    def config_class(self) -> type:
+        module, _, cls = self.config.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def canonical_id(self, env_id: str) -> str:
+        """The suite's spelling of a user-given id, or ConfigError listing the valid ones."""
+        ids = self.ids()
+        wanted = self.alias(env_id)
+        for known in ids:
+            if known == wanted or (self.ignore_case and known.lower() == wanted.lower()):
+                return known
+        raise ConfigError(f"unknown {self.id_kind} '{env_id}'; valid {self.ids_name}: {', '.join(ids)}")
+
+
+REGISTRY: dict[str, Suite] = {}
+
+
+def register(suite: Suite) -> Suite:
+    REGISTRY[suite.name] = suite
+    return suite
+
+
+def get_suite(name: str) -> Suite:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown suite '{name}'; valid suites: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def rl_suites() -> tuple[str, ...]:
+    return tuple(name for name, suite in REGISTRY.items() if suite.rl)
+
+
+# -- the suites ------------------------------------------------------------------------------
+
+def _atari_games() -> list[str]:
+    from envs.atari import atari_games
+    return atari_games()
+
+
+def _make_atari(cfg, env_id: str, seed: int):
+    from envs.atari import ALEAtari, EnvpoolAtari
+    cfg.id = env_id
+    return EnvpoolAtari(cfg, seed) if cfg.backend == "envpool" else ALEAtari(cfg, seed)
+
+
+def _minatar_games() -> list[str]:
+    from envs.gym_envs import MINATAR_GAMES
+    return list(MINATAR_GAMES)
+
+
+def _make_minatar(cfg, env_id: str, seed: int):
+    import gymnasium as gym
+
+    from envs.gym_envs import GymVecEnv, minatar_obs
+    try:
+        from minatar.gym import register_envs
+    except ImportError:
+        raise ConfigError("the MinAtar suite needs the 'minatar' package: pip install minatar") from None
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        register_envs()
+    gym_id = f"MinAtar/{env_id}-v{0 if cfg.full_action_space else 1}"
+    limit = cfg.max_episode_frames or None
+    return GymVecEnv(lambda: gym.make(gym_id, max_episode_steps=limit), cfg.num_envs, seed, minatar_obs)
+
+
+def _classic_ids() -> list[str]:
+    from envs.gym_envs import CLASSIC_CONTROL
+    return list(CLASSIC_CONTROL)
+
+
+def _make_classic(cfg, env_id: str, seed: int):
+    import gymnasium as gym
+
+    from envs.gym_envs import GymVecEnv
+    limit = cfg.max_episode_frames or None
+    return GymVecEnv(lambda: gym.make(env_id, max_episode_steps=limit), cfg.num_envs, seed)
+
+
+def _streams() -> list[str]:
+    from envs.supervised import STREAMS
+    return list(STREAMS)
+
+
+def _make_stream(cfg, env_id: str, seed: int):
+    from envs.supervised import TaskStream
+    return TaskStream(cfg, seed)
+
+
+register(Suite("atari", "Atari 2600 games through envpool or ale-py", "envs:EnvConfig", _atari_games, _make_atari,
+               default_agent="ppo_pfo", id_kind="Atari game", ids_name="games",
+               alias=lambda env_id: env_id.removeprefix("ALE/").split("-")[0]))
+register(Suite("minatar", "MinAtar games, in-process", "envs:EnvConfig", _minatar_games, _make_minatar,
+               default_agent="ppo_pfo", id_kind="MinAtar game", ids_name="games",
+               alias=lambda env_id: env_id.removeprefix("MinAtar/").split("-")[0]))
+register(Suite("classic", "gymnasium classic control", "envs:EnvConfig", _classic_ids, _make_classic,
+               default_agent="ppo_pfo", id_kind="classic-control environment"))
+register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
+               _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
+               ignore_case=False, rl=False))
