@@ -10,9 +10,9 @@ import importlib
 from dataclasses import dataclass
 
 from configs import ConfigError
+from envs.suites import rl_suites
 
-
-RL_SUITES = ("atari", "minatar", "classic")
+RL_SUITES = rl_suites()
 
 
 @dataclass(frozen=True)

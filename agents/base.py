@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from configs import ConfigError
 from envs import Episode
 from plasticity.interventions import Interventions
+from plasticity.monitor import DiagnosticsConfig, PlasticityMonitor
 
 ConfigT = TypeVar("ConfigT")
 
@@ -35,7 +36,8 @@ class Agent(ABC, Generic[ConfigT]):
     4. :meth:`setup` receives the prepared networks and builds optimisers, buffers and RNGs; every
        parameter of :meth:`networks` must belong to a prepared network (checked);
     5. the interventions attach to :meth:`networks` and :meth:`optimizers`, with
-       :meth:`recent_inputs` as the batch they inspect (ReDo);
+       :meth:`recent_inputs` as the batch they inspect (ReDo); the runner's plasticity monitor
+       attaches to the same through :meth:`attach_monitor`;
     6. checkpoints hold every network of :meth:`networks`, every optimiser of :meth:`optimizers`,
        ``iteration``, ``env_steps`` and the attributes named in ``STATE_KEYS``, saved and restored by
        :meth:`state_dict` / :meth:`load_state_dict`.
@@ -92,6 +94,11 @@ class Agent(ABC, Generic[ConfigT]):
     def setup(self, networks: dict[str, nn.Module]) -> None:
         """Keep the prepared ``networks``; build optimisers, buffers and RNGs."""
 
+    def attach_monitor(self, cfg: DiagnosticsConfig) -> PlasticityMonitor:
+        """The plasticity monitor over this agent's networks and optimisers (with its diagnostic loss);
+        the runner holds it and decides when it measures."""
+        return PlasticityMonitor(self.networks(), self.optimizers(), cfg, loss_fn=self.diagnostic_loss)
+
     # -- what the runner calls -------------------------------------------------------------------
     @abstractmethod
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
@@ -134,9 +141,10 @@ class Agent(ABC, Generic[ConfigT]):
         """The agent's training loss on recent data, with a graph (for Hessian diagnostics)."""
         raise NotImplementedError(f"{type(self).__name__} provides no diagnostic loss")
 
-    @abstractmethod
     def restart_episodes(self, obs: np.ndarray) -> None:
-        """After a resume whose environments could not be restored: continue from fresh resets."""
+        """After a resume whose environments could not be restored: continue from fresh resets (agents
+        whose environments cannot save their state must override this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot continue from fresh environment resets")
 
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpointed(self) -> tuple[str, ...]:

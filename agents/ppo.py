@@ -41,8 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import Agent, check_finite
-from agents.networks import (build_network, can_run_paired, forward_with_preactivations, orthogonal_init,
-                             paired_forward, pfo_features, to_channels_last)
+from agents.networks import (
+    build_network,
+    can_run_paired,
+    forward_with_preactivations,
+    orthogonal_init,
+    paired_forward,
+    pfo_features,
+    to_channels_last,
+)
 from configs import ConfigError, param
 from envs import Episode
 from plasticity.policy import categorical_kl, clip_fraction, kl_k1, kl_k3, trust_region_ratios

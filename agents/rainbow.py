@@ -326,7 +326,8 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
         return metrics | (self.masp.metrics() if self.masp is not None else {})
 
     def ready(self) -> bool:
-        return len(self.replay) > self.cfg.batch_size * 2
+        """Enough rows, and some with their n successors (sampleable), e.g. n_step > learning_starts / num_envs."""
+        return len(self.replay) > self.cfg.batch_size * 2 and self.replay.tree.total > 0
 
     def images(self) -> dict[str, np.ndarray]:
         """The similarity matrix S (actions x actions) as a heatmap, when MASP is on."""

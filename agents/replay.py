@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -174,3 +175,13 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in STATE_KEYS:
             getattr(self, k).copy_(state[k])
+
+
+def action_traces(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(actions, valid), each (rows, envs) in time order, from a saved :meth:`ReplayBuffer.state_dict`:
+    each environment's ring is rotated so that its oldest row (the next one to be written) comes first."""
+    rows = state["actions"].shape[0]
+    order = [(int(state["next_row"][e]) + np.arange(rows)) % rows for e in range(state["actions"].shape[1])]
+    actions = np.stack([state["actions"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
+    valid = np.stack([state["valid"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
+    return actions, valid

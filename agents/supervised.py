@@ -152,6 +152,3 @@ class SupervisedLearner(Agent[SupervisedConfig]):
         """The current task's first inputs (the stream's first task's before training starts)."""
         inputs = self.task.inputs if self.task is not None else self.envs.probe_inputs(size)
         return inputs[:size].to(self.device)
-
-    def restart_episodes(self, obs: np.ndarray) -> None:
-        """Task streams always restore exactly; nothing to restart."""

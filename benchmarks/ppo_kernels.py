@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.networks import nature_cnn, paired_forward, to_channels_last  # noqa: E402
 from ppo_atari_sps import plain_nature_cnn  # noqa: E402  (this folder is first on sys.path)
+
+from agents.networks import nature_cnn, paired_forward, to_channels_last  # noqa: E402
 from runners.train import machine_description  # noqa: E402
 
 BATCH = 256

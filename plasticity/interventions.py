@@ -36,8 +36,7 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 @dataclass
 class InterventionConfig:
     """Which interventions run, and their settings."""
-    use: str = param("Comma-separated interventions: nap, layernorm_wd, rewarm, redo, shrink_perturb, "
-                     "soft_shrink_perturb, l2_init, reset (empty: none)")
+    use: str = param("Comma-separated interventions, by their names in REGISTRY (empty: none)")
     weight_decay: float = param("L2 coefficient of layernorm_wd", min=0.0)
     nap_scale_decay: float = param("NaP: weight decay on the normalisation gains and offsets", min=0.0)
     rewarm_period: int = param("ELR re-warming: optimiser steps per cycle (0: restart when CUSUM fires)", min=0)

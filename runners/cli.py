@@ -32,6 +32,7 @@ from typing import Any
 from agents import AGENTS, AgentSpec, agents_for, get_agent
 from configs import ConfigError, describe, dump_yaml, load_layers, parse_assignment
 from envs import get_suite
+from plasticity.interventions import REGISTRY as INTERVENTIONS
 from runners.rundir import RUN_FORMAT, config_files, make_agent, new_run_dir, open_run, resolve, schema_for
 
 __all__ = ["build_parser", "config_files", "main", "resolve", "resume", "schema_for", "shortcut_overrides",
@@ -57,8 +58,7 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
     parser.add_argument("--run-name", help="shortcut for --set run.run_name=...")
     parser.add_argument("--results-dir", help="shortcut for --set run.results_dir=...")
     parser.add_argument("--intervention", action="append", default=[], metavar="NAME[,NAME]",
-                        help="plasticity interventions to apply (repeatable): nap, layernorm_wd, rewarm, redo, "
-                             "shrink_perturb, soft_shrink_perturb, l2_init, reset")
+                        help=f"plasticity interventions to apply (repeatable): {', '.join(INTERVENTIONS)}")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="extra YAML config layered on the defaults (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -201,7 +201,6 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     import torch
 
     from envs import make_vec_env
-    from plasticity.monitor import PlasticityMonitor
     from runners.storage import (
         atomic_write_json,
         atomic_write_text,
@@ -222,7 +221,7 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     try:
         agent = make_agent(spec, sections, envs, device, run.seed)
         diag = sections["diagnostics"]
-        monitor = PlasticityMonitor(agent.networks(), agent.optimizers(), diag, loss_fn=agent.diagnostic_loss)
+        monitor = agent.attach_monitor(diag)
         if ckpt is not None:
             remove_stale_temporaries(run_dir / "checkpoints")  # left by a process killed mid-write
         # a writable results directory with room for one checkpoint, before anything is written

@@ -2,31 +2,20 @@
 
 Counts the most frequent action n-grams within episodes of the replay buffer saved in
 ``RUN_DIR/checkpoints/latest.pt`` (:func:`envs.macros.mine_ngrams`) and prints them, or writes
-them as a YAML file for ``--set rainbow.macros=file:PATH``. Reading the buffer's saved state
-(``agents/replay.py``'s ring layout) is done here, on the runner side, not in ``envs/``.
+them as a YAML file for ``--set rainbow.macros=file:PATH``. The buffer's saved ring layout is
+read by ``agents/replay.py`` (:func:`agents.replay.action_traces`), the one place that knows it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import yaml
 
+from agents.replay import action_traces
 from configs import ConfigError
 from envs.macros import mine_ngrams
-
-
-def replay_action_traces(replay: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(actions, valid), each (rows, envs) in time order, from a saved :class:`agents.replay.ReplayBuffer` state:
-    each environment's ring is rotated so that its oldest row (the next one to be written) comes first."""
-    rows = replay["actions"].shape[0]
-    order = [(int(replay["next_row"][e]) + np.arange(rows)) % rows for e in range(replay["actions"].shape[1])]
-    actions = np.stack([replay["actions"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
-    valid = np.stack([replay["valid"].numpy()[o, e] for e, o in enumerate(order)], axis=1)
-    return actions, valid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if replay is None:
             raise ConfigError(f"{args.run_dir} has no replay buffer in its checkpoint (an off-policy agent's run is needed)")
         num_primitives = int(ckpt["agent"].get("num_primitives", int(replay["actions"].max()) + 1))
-        actions, valid = replay_action_traces(replay)
+        actions, valid = action_traces(replay)
         macros = mine_ngrams(actions, valid, args.n, args.top, num_primitives)
         text = yaml.safe_dump(macros, default_flow_style=None)
         if args.out:

@@ -286,6 +286,7 @@ def _quiet_tensorboard_thread_errors() -> None:
     WriteError; the thread's copy is dropped so that the user reads one line, not a traceback.
     """
     import threading
+
     from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
     previous = threading.excepthook
     if getattr(previous, "quiet_tensorboard", False):

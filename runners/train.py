@@ -37,9 +37,16 @@ from configs import param
 from envs import Episode, VecEnv
 from plasticity.monitor import PlasticityMonitor
 from plasticity.policy import excess_ratio_tail
-from runners.storage import (CHECKPOINT_FORMAT, MetricsLogger, WriteError, atomic_torch_save, atomic_write_json,
-                             link_or_copy, make_dir, read_metrics)
-
+from runners.storage import (
+    CHECKPOINT_FORMAT,
+    MetricsLogger,
+    WriteError,
+    atomic_torch_save,
+    atomic_write_json,
+    link_or_copy,
+    make_dir,
+    read_metrics,
+)
 
 #: torch's own choice of intra-op threads, kept so that run.torch_threads=0 restores it in-process
 DEFAULT_TORCH_THREADS = torch.get_num_threads()

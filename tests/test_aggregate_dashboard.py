@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.aggregate import (bootstrap_ci, human_normalised, iqm, main as aggregate_main, mean,
-                               stratified_bootstrap_ci, value_at)
+from runners.aggregate import bootstrap_ci, human_normalised, iqm, mean, stratified_bootstrap_ci, value_at
+from runners.aggregate import main as aggregate_main
 from runners.dashboard import main as dashboard_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 from agents import AGENTS, agents_for
-from configs import (ConfigError, apply_overrides, build_section, coerce, dump_yaml, load_layers,
-                     param, read_yaml)
+from configs import ConfigError, apply_overrides, build_section, coerce, dump_yaml, load_layers, param, read_yaml
 from envs import SUITES
 from runners.cli import config_files, resolve, schema_for
 

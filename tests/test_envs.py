@@ -152,6 +152,7 @@ def test_envpool_refuses_what_it_cannot_do():
 
 def test_every_ale_rom_maps_back_to_itself():
     from ale_py import roms
+
     from envs.atari import atari_games
     assert sorted(rom_id(g) for g in atari_games()) == sorted(roms.get_all_rom_ids())
     assert dataclasses.is_dataclass(EnvConfig)

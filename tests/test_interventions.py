@@ -6,9 +6,21 @@ import torch
 from torch import nn
 
 from configs import ConfigError
-from plasticity.interventions import (ELRRewarming, Cusum, HardReset, InterventionConfig, Interventions, L2Init,
-                                      LayerNormWeightDecay, NormalizeAndProject, ShrinkPerturb, insert_norms,
-                                      parse_use, recycle_dormant, rewarm_factor)
+from plasticity.interventions import (
+    Cusum,
+    ELRRewarming,
+    HardReset,
+    InterventionConfig,
+    Interventions,
+    L2Init,
+    LayerNormWeightDecay,
+    NormalizeAndProject,
+    ShrinkPerturb,
+    insert_norms,
+    parse_use,
+    recycle_dormant,
+    rewarm_factor,
+)
 
 
 def mlp():

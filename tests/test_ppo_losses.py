@@ -4,12 +4,17 @@ import math
 import pytest
 import torch
 
-from agents.networks import (can_run_paired, forward_with_preactivations, mlp, nature_cnn, paired_forward,
-                             pfo_features, to_channels_last)
-from agents.ppo import (categorical_entropy, clipped_surrogate_loss, gae, masked_mean, normalize_advantages,
-                        pfo_loss)
-from plasticity.policy import (categorical_kl, clip_fraction, excess_ratio_tail, kl_k1, kl_k3,
-                               trust_region_ratios)
+from agents.networks import (
+    can_run_paired,
+    forward_with_preactivations,
+    mlp,
+    nature_cnn,
+    paired_forward,
+    pfo_features,
+    to_channels_last,
+)
+from agents.ppo import categorical_entropy, clipped_surrogate_loss, gae, masked_mean, normalize_advantages, pfo_loss
+from plasticity.policy import categorical_kl, clip_fraction, excess_ratio_tail, kl_k1, kl_k3, trust_region_ratios
 
 
 def test_gae_single_env_hand_computed():

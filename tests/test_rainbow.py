@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.per import SumTree
 from agents.masp import lookahead_meta_gradient, masp_penalty, overlap_init, similarity
+from agents.per import SumTree
 from agents.rainbow import NoisyLinear, project_distribution
 from agents.replay import ReplayBuffer
 from configs import ConfigError
 from envs import EnvConfig, make_vec_env
 from envs.macros import MacroVecEnv, make_macros, mine_ngrams
-
 
 # -- sum tree -----------------------------------------------------------------------------------
 
@@ -259,7 +258,7 @@ def test_similarity_changes_reports_drift_and_agreement_between_seeds(tmp_path):
         w[1, 0] -= step / 2
         run_dir = tmp_path / f"s{seed}"
         (run_dir / "checkpoints").mkdir(parents=True)  # the atomic writers never create folders
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "agent": {"w": w, "actions": actions}},
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "agent": {"masp": {"w": w}, "actions": actions}},
                           run_dir / "checkpoints" / "latest.pt")
         run_dirs[("MASP minatar Breakout", seed)] = run_dir
     run_dirs[("naive macros minatar Breakout", 1)] = tmp_path / "ignored"

@@ -1,7 +1,6 @@
 """End-to-end runs: run directory contents, diagnostics keys, exact resume, bad input."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -4,12 +4,12 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from configs import ConfigError
-from runners.sweep import _array_spec, load_sweep, main as sweep_main, sbatch_script, task_state
+from runners.sweep import _array_spec, load_sweep, sbatch_script, task_state
+from runners.sweep import main as sweep_main
 
 TINY = """
 name: {name}

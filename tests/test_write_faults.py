@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_runner import REPO, TINY, assert_same_state, comparable, final_state, read_rows, run_main, start_subprocess
+from test_sweep import write as write_sweep
 
 import runners.storage as storage
 from runners.cli import main
 from runners.storage import WriteError
-from runners.sweep import load_sweep, main as sweep_main, resubmittable, status
-from test_sweep import write as write_sweep
-from test_runner import (REPO, TINY, assert_same_state, comparable, final_state, read_rows, run_main,
-                         start_subprocess)
+from runners.sweep import load_sweep, resubmittable, status
+from runners.sweep import main as sweep_main
 
 CLASSIC = ["--agent", "ppo", *TINY["classic"]]  # 4,096 steps, a checkpoint every 1,000
 MINATAR = ["--agent", "ppo", *TINY["minatar"]]
