@@ -8,6 +8,10 @@ When a macro finishes, or the episode ends inside it (the rest of the macro is d
 step reports ``completed`` for that environment with the discounted reward sum
 r_1 + gamma r_2 + ... + gamma^(k-1) r_k and the number of primitive steps ``k``, so that
 learners discount what follows by gamma^k (SMDP). Without macros every step completes with k = 1.
+The step after an episode's end is the inner env's autoreset (next-step autoreset, envs/base.py),
+which ignores its action: it completes alone (k = 1) whatever was chosen at the terminal
+observation, so that the new episode's first observation is a decision point and no macro runs
+open-loop into a new episode.
 
 Macro sets (``make_macros``): ``repeat:2,4`` (every primitive repeated 2 and 4 times),
 ``list:[[2,2,3],[1,1]]`` (explicit sequences) or ``file:PATH`` (a YAML list, e.g. written by
@@ -84,16 +88,21 @@ class MacroVecEnv:
         self.queue: list[list[int]] = [[] for _ in range(n)]
         self.acc = np.zeros(n, np.float64)
         self.k = np.zeros(n, np.int64)
+        self.after_end = np.zeros(n, bool)  # the last step ended an episode: this one is the autoreset
 
     def reset(self) -> np.ndarray:
         self.queue = [[] for _ in range(self.num_envs)]
         self.acc[:] = 0
         self.k[:] = 0
+        self.after_end[:] = False
         return self.env.reset()
 
     def step(self, actions: np.ndarray) -> MacroStep:
         primitive = np.zeros(self.num_envs, np.int64)
         for i in range(self.num_envs):
+            if self.after_end[i]:  # the autoreset ignores the action; the agent decides at the new episode
+                primitive[i] = self.actions[int(actions[i])][0]
+                continue
             if not self.queue[i]:
                 self.queue[i] = list(self.actions[int(actions[i])])
             primitive[i] = self.queue[i].pop(0)
@@ -101,7 +110,8 @@ class MacroVecEnv:
         self.acc += self.gamma ** self.k * step.reward
         self.k += 1
         done = step.terminated | step.truncated
-        completed = done | np.array([not q for q in self.queue])
+        completed = done | self.after_end | np.array([not q for q in self.queue])
+        self.after_end = done.copy()
         reward = np.where(completed, self.acc, 0.0).astype(np.float32)
         steps = np.where(completed, self.k, 0)
         for i in np.flatnonzero(completed):
@@ -113,13 +123,14 @@ class MacroVecEnv:
 
     def get_state(self) -> dict[str, Any]:
         return {"env": self.env.get_state(), "queue": [list(q) for q in self.queue], "acc": self.acc.copy(),
-                "k": self.k.copy()}
+                "k": self.k.copy(), "after_end": self.after_end.copy()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.env.set_state(state["env"])
         self.queue = [list(q) for q in state["queue"]]
         self.acc[:] = state["acc"]
         self.k[:] = state["k"]
+        self.after_end[:] = state["after_end"]
 
     def close(self) -> None:
         self.env.close()

@@ -179,6 +179,20 @@ def test_macro_wrapper_reward_and_step_accounting():
     assert step.terminated[0] and step.steps[0] < 50 and step.reward[0] == step.steps[0]
 
 
+def test_after_an_episode_ends_the_agent_decides_afresh_at_the_new_episodes_first_observation():
+    env = MacroVecEnv(classic(1), [[0] * 50], gamma=1.0)
+    env.reset()
+    step = env.step(np.array([2]))
+    while not step.completed[0]:
+        step = env.step(np.array([2]))
+    assert step.terminated[0]
+    reset = env.step(np.array([2]))  # the macro, chosen at the terminal observation
+    assert reset.completed[0] and reset.steps[0] == 1, "the autoreset step must complete alone"
+    assert not reset.terminated[0] and env.queue[0] == [], "no macro may run on into the new episode"
+    first = env.step(np.array([1]))  # chosen at the new episode's first observation: it runs
+    assert first.completed[0] and first.steps[0] == 1 and not first.terminated[0]
+
+
 def test_ngram_mining_stays_within_episodes():
     actions = np.array([[0], [1], [0], [1], [2], [0], [1]])
     valid = np.array([[True], [True], [True], [True], [False], [True], [True]])
