@@ -74,7 +74,16 @@ class OffPolicyAgent(Agent[OffPolicyConfigT]):
         self.restart_episodes(envs.reset())
 
     def make_replay(self, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> ReplayBuffer:
-        return ReplayBuffer(self.cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device)
+        return ReplayBuffer(self.cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device,
+                            self.single_frame_storage(), f"{self.section}.buffer_size")
+
+    def single_frame_storage(self) -> bool:
+        """Whether the replay keeps each observation's newest frame only and rebuilds the stacks (4x less
+        memory on Atari). Only where the environment stacks frames (``env.stack`` > 1 on the Atari back
+        end: a MinAtar observation's channels are objects, not frames) and resets the stack at every
+        episode end the replay sees (no ``episodic_life``)."""
+        env_cfg = getattr(getattr(self.envs, "env", self.envs), "cfg", None)  # MacroVecEnv wraps the env
+        return getattr(env_cfg, "stack", 1) > 1 and not getattr(env_cfg, "episodic_life", False)
 
     # -- acting -----------------------------------------------------------------------------------
     def q_values(self, obs: Tensor) -> Tensor:

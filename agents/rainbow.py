@@ -217,10 +217,13 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
 
     def make_replay(self, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> PrioritizedReplay:
         cfg = self.cfg
-        frame_stack = len(obs_shape) == 3 and obs_shape[0] > 1 and len(self.actions) == self.num_primitives and \
-            not getattr(getattr(self.envs.env, "cfg", None), "episodic_life", False)
-        return PrioritizedReplay(cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device, frame_stack,
-                                 cfg.n_step, cfg.priority_alpha, cfg.priority_eps)
+        return PrioritizedReplay(cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device,
+                                 self.single_frame_storage(), cfg.n_step, cfg.priority_alpha, cfg.priority_eps,
+                                 f"{self.section}.buffer_size")
+
+    def single_frame_storage(self) -> bool:
+        """As plain Rainbow's, and only with primitives: a macro's row spans several frames."""
+        return super().single_frame_storage() and len(self.actions) == self.num_primitives
 
     def setup(self, networks: dict[str, nn.Module]) -> None:
         super().setup(networks)

@@ -21,11 +21,14 @@ discounts what follows by gamma^k).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from configs import ConfigError
 
 STATE_KEYS = ("obs", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row", "size")
 
@@ -40,17 +43,43 @@ class ReplaySample(NamedTuple):
     ages: Tensor  # rows between the sampled one and the newest of its ring
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (CPU: the kernel's MemAvailable), or None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(nbytes: int, device: torch.device, what: str, field: str) -> None:
+    """Refuse, before allocating, ``nbytes`` that the device cannot hold: one line naming the size,
+    the memory available and the setting to lower (a ConfigError: exit 2)."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise ConfigError(f"{what} needs {nbytes / 1e9:.1f} GB but {free / 1e9:.1f} GB of {device.type} memory "
+                          f"is available; lower {field}")
+
+
 class ReplayBuffer:
     """Uniform replay over ``capacity`` rows (summed over environments)."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device, frame_stack: bool = False):
+                 device: torch.device, frame_stack: bool = False, capacity_field: str = "buffer_size"):
         self.rows = max(2, capacity // num_envs)
         self.num_envs = num_envs
         self.device = device
         self.obs_shape = tuple(obs_shape)
         self.stack = obs_shape[0] if frame_stack else 1
         stored = obs_shape[1:] if frame_stack else obs_shape
+        per_row = math.prod(stored) * torch.empty(0, dtype=obs_dtype).element_size() + 8 + 4 + 8 + 3  # + action,
+        check_fits(self.rows * num_envs * per_row, device,  # reward, steps, three flags
+                   f"the replay buffer ({self.rows * num_envs:,} rows of {tuple(stored)} {obs_dtype})", capacity_field)
         self.obs = torch.zeros((self.rows, num_envs, *stored), dtype=obs_dtype, device=device)
         self.actions = torch.zeros((self.rows, num_envs), dtype=torch.long, device=device)
         self.rewards = torch.zeros((self.rows, num_envs), device=device)
