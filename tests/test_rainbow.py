@@ -337,3 +337,16 @@ def test_replay_returns_the_observations_the_agent_acted_on(suite, agent):
 def get_agent_spec(agent, suite):
     from agents import get_agent
     return get_agent(agent, suite)
+
+
+@pytest.mark.parametrize("agent", ["rainbow", "der", "rainbow_masp", "dqn", "dqn_soft_reset"])
+def test_replay_agents_on_atari_use_their_own_protocol_not_pfos(agent):
+    """configs/rainbow.yaml and configs/dqn.yaml convert frames at frame skip 4 (Hessel et al. 2018 /
+    Mnih et al. 2015); PPO keeps the PFO paper's frame skip 3, sticky actions and 8 environments."""
+    from runners.rundir import config_files, resolve
+    env = resolve("atari", get_agent_spec(agent, "atari"), config_files("atari", get_agent_spec(agent, "atari")),
+                  [])[0]["env"]
+    assert (env.frame_skip, env.sticky_action_prob, env.noop_max, env.num_envs) == (4, 0.0, 30, 1)
+    ppo = resolve("atari", get_agent_spec("ppo_pfo", "atari"), config_files("atari", get_agent_spec("ppo_pfo", "atari")),
+                  [])[0]["env"]
+    assert (ppo.frame_skip, ppo.sticky_action_prob, ppo.num_envs) == (3, 0.25, 8)
