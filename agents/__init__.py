@@ -58,6 +58,9 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               "soft reset, one drift per parameter", variant="soft_reset_param", suites=("supervised",)),
     AgentSpec("soft_reset_prox", "agents.supervised:SupervisedLearner", "learner",
               "soft reset, proximal updates (K_theta steps)", variant="soft_reset_prox", suites=("supervised",)),
+    AgentSpec("soft_reset_fixed", "agents.supervised:SupervisedLearner", "learner",
+              "ablation: soft reset with gamma held at learner.sr_gamma_init (no gamma learning)",
+              variant="soft_reset_fixed", suites=("supervised",)),
 ]}
 
 

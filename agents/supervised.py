@@ -45,6 +45,7 @@ class SupervisedConfig:
     sr_s2_ratio: float = param("Soft reset: posterior variance s^2 as a multiple of sigma0^2", min=0.0, min_exclusive=True)
     sr_prior_mean: str = param("Soft reset: mu0 = the initial parameters or zero", choices=("init", "zero"))
     sr_k_theta: int = param("Soft reset: optimiser steps per batch (K_theta > 1: the proximal variant)", min=1)
+    sr_gamma_init: float = param("Soft reset: initial gamma (with sr_lr_gamma=0, gamma stays there)", min=0.0, max=1.0)
 
 
 def small_cnn(input_shape: tuple[int, ...], out: int, hidden: int) -> nn.Sequential:
@@ -88,6 +89,7 @@ class SupervisedLearner(Agent[SupervisedConfig]):
             self.soft_reset = SoftReset(self.model, self.optimizer, per=cfg.sr_per, lr_gamma=cfg.sr_lr_gamma,
                                         k_gamma=cfg.sr_k_gamma, m_gamma=cfg.sr_m_gamma, s2_ratio=cfg.sr_s2_ratio,
                                         prior_mean=cfg.sr_prior_mean, k_theta=cfg.sr_k_theta,
+                                        gamma_init=cfg.sr_gamma_init, batch_size=cfg.batch_size,
                                         generator=torch.Generator().manual_seed(seed + 1))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
