@@ -58,7 +58,8 @@ from plasticity.policy import categorical_kl, clip_fraction, kl_k1, kl_k3, trust
 @dataclass
 class PPOConfig:
     """PPO and PFO hyperparameters (defaults: PFO paper, Atari)."""
-    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, mlp", choices=("nature_cnn", "minatar_cnn", "mlp"))
+    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, mlp",
+                         choices=("nature_cnn", "minatar_cnn", "mlp"))
     hidden: int = param("Width of the last hidden layer (the features PFO regularises)", min=1)
     activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
     init: str = param("Weight init: default (PyTorch's, as the PFO code) or orthogonal (CleanRL/SB3)",
@@ -79,7 +80,8 @@ class PPOConfig:
     vf_coef: float = param("Value loss coefficient (loss = vf_coef * MSE)", min=0.0)
     max_grad_norm: float = param("Gradient norm clip, per network (0: off)", min=0.0)
     norm_adv: bool = param("Normalise advantages per minibatch")
-    bootstrap_truncated: bool = param("Bootstrap from the value at a time limit (false: treat truncation as termination)")
+    bootstrap_truncated: bool = param(
+        "Bootstrap from the value at a time limit (false: treat truncation as termination)")
     pfo_coef: float = param("PFO coefficient c (0 = plain PPO)", min=0.0)
     pfo_all_layers: bool = param("PFO on all layers' pre-activations instead of the penultimate layer's")
     channels_last: bool = param("Run conv nets in channels-last layout (same maths, faster on CPU)")

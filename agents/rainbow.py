@@ -65,7 +65,8 @@ class RainbowConfig(OffPolicyConfig):
     masp_lr: float = param("Adam step size of the meta-updates of the similarity logits W", min=0.0)
     masp_inner_lr: float = param("Inner (look-ahead) SGD step size on the head", min=0.0)
     masp_period: int = param("Learner updates between meta-updates of W", min=1)
-    masp_init: str = param("Initial W: zero or overlap (macros sharing primitives start similar)", choices=("zero", "overlap"))
+    masp_init: str = param("Initial W: zero or overlap (macros sharing primitives start similar)",
+                           choices=("zero", "overlap"))
     similarity_from: str = param("Run directory whose learned W initialises this run's (transfer); '' for none")
 
 

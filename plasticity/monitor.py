@@ -122,7 +122,8 @@ class PlasticityMonitor:
                 self._tracked[id(opt)] = (keys, params, index)
         self._tracking = False
         self.always_track = False
-        self._before: dict[int, list[Tensor]] = {}  # per optimiser: parameters before the step (buffers reused until collect)
+        # per optimiser: parameters before the step (buffers reused until collect)
+        self._before: dict[int, list[Tensor]] = {}
         self._pending: set[int] = set()  # optimisers between a tracked pre-step and its post-step
         self._sums: dict[tuple[int, str], Tensor] = {}  # (optimiser, metric) -> per-layer sums over steps
         self._counts: dict[tuple[int, str], int] = defaultdict(int)

@@ -146,7 +146,8 @@ def open_run(run_dir: Path, suite: str | None = None, overrides: list[tuple[str,
         raise ConfigError(f"{run_dir / 'run.json'} is unreadable: {exc}") from None
     check_run_format(meta, run_dir)
     if suite is not None and meta.get("suite") != suite:
-        raise ConfigError(f"{run_dir} is a {meta.get('suite')} run: resume it with python -m runners.{meta.get('suite')}")
+        raise ConfigError(f"{run_dir} is a {meta.get('suite')} run: "
+                          f"resume it with python -m runners.{meta.get('suite')}")
     bad = [k for k, _ in overrides if k not in RESUME_OVERRIDABLE]
     if bad:
         raise ConfigError(f"--resume keeps the run's config; '{bad[0]}' cannot change "

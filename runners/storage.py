@@ -269,7 +269,8 @@ TENSORBOARD_LAYOUT = {
     "plasticity: representation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (
         "srank", "effective_rank", "approx_rank", "feature_rank", "stable_rank", "feature_norm",
         "pattern_change", "kernel_change", "churn")},
-    "plasticity: units": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in ("dead_frac", "dormant_frac", "zombie_frac")},
+    "plasticity: units": {m: ["Multiline", [rf"plasticity/{m}/.*"]]
+                          for m in ("dead_frac", "dormant_frac", "zombie_frac")},
     "plasticity: current batch (PFO protocol)": {m: ["Multiline", [rf"batch_(start|end)/{m}/.*"]] for m in (
         "approx_rank", "effective_rank", "srank", "feature_rank", "feature_norm", "dead_frac", "dormant_frac")},
     "plasticity: optimisation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (

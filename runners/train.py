@@ -56,13 +56,15 @@ DEFAULT_TORCH_THREADS = torch.get_num_threads()
 class RunConfig:
     """Budget, seed, device and bookkeeping of one run."""
     seed: int = param("Seed of Python, NumPy, torch and (derived) the environments", min=0)
-    total_steps: int = param("Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
+    total_steps: int = param(
+        "Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
     device: str = param("auto picks CUDA when available, else the CPU", choices=("auto", "cpu", "cuda"))
     experiment: str = param("Results go to <results_dir>/<experiment>/<run_name>/ (empty: the suite's name)")
     run_name: str = param("Run directory name (empty: <env>__<agent>__s<seed>__<date-time>)")
     results_dir: str = param("Root folder of all run directories")
     log_interval: int = param("Write a metrics row every this many iterations", min=1)
-    checkpoint_steps: int = param("Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
+    checkpoint_steps: int = param(
+        "Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
     torch_threads: int = param("torch intra-op threads (0: torch's default)", min=0)
     progress: bool = param("Show a progress bar")
 

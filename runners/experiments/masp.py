@@ -151,7 +151,8 @@ def masp(args) -> None:
             res[label] = (f, fh)
             lines.append(f"| {suite} | {game} | {setting.steps} | {label} | {f:.2f} ± {fh:.2f} | {a:.2f} ± {ah:.2f} |")
         if suite == "minatar":
-            lines.append(f"| {suite} | {game} | - | uniformly random actions | {random_policy_return(suite, game):.2f} | |")
+            lines.append(f"| {suite} | {game} | - | uniformly random actions "
+                         f"| {random_policy_return(suite, game):.2f} | |")
         masp_vs_naive.append(interval_order(res[MASP], res[NAIVE]))
         verdicts.append(f"- {suite} {game}: MASP {BEATS[masp_vs_naive[-1]]} naive macros ({res[MASP][0]:.2f} vs "
                         f"{res[NAIVE][0]:.2f}); against primitives ({res[PRIMITIVES][0]:.2f}) it "
