@@ -104,6 +104,8 @@ class NoisyLinear(nn.Module):
     """
 
     weight_param = "weight_mu"  # plasticity.interventions.layer_weight
+    eps_in: Tensor  # buffers (register_buffer), declared for the type checker
+    eps_out: Tensor
 
     def __init__(self, in_features: int, out_features: int, sigma0: float):
         super().__init__()
@@ -141,6 +143,8 @@ class NoisyLinear(nn.Module):
 
 class RainbowNet(nn.Module):
     """Trunk -> (value, advantage) streams -> per-action categorical distributions over atoms."""
+
+    support: Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, cfg: RainbowConfig, obs_shape: tuple[int, ...], num_actions: int):
         super().__init__()
@@ -198,7 +202,12 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
     UNSUPPORTED_INTERVENTIONS = {"redo": "ReDo recycles the units of one nn.Sequential; Rainbow's trunk feeds "
                                          "two heads"}
     q: RainbowNet
+    target: RainbowNet
     replay: PrioritizedReplay
+    decide: Tensor  # per environment: whether it takes a new decision this step (set by restart_episodes)
+    pending_action: Tensor
+    pending_obs: Tensor
+    pending_valid: Tensor
 
     def __init__(self, cfg: RainbowConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
                  interventions: Interventions):
@@ -350,6 +359,8 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
 
 class HeadsView(nn.Module):
     """Exposes ``RainbowNet.heads`` as ``forward`` while sharing the network's modules and names."""
+
+    support: Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, net: RainbowNet):
         super().__init__()

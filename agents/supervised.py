@@ -141,6 +141,7 @@ class SupervisedLearner(Agent[SupervisedConfig]):
 
     def diagnostic_loss(self) -> Tensor:
         task = self.task
+        assert task is not None, "diagnostic_loss is called after an iteration, which sets the task"
         x, y = task.inputs[:self.cfg.batch_size].to(self.device), task.targets[:self.cfg.batch_size].to(self.device)
         return task_loss(task.kind, self.model(x), y)
 

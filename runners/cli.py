@@ -27,7 +27,7 @@ import sys
 import textwrap
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 from agents import AGENTS, AgentSpec, agents_for, get_agent
 from configs import ConfigError, describe, dump_yaml, load_layers, parse_assignment
@@ -105,7 +105,7 @@ def agent_fields(agent: str, suite: str) -> tuple[str, set[str]]:
     return cls.section, {f.name for f in fields(cls.config_class)}
 
 
-def split_dotted_flags(extra: list[str], section: str = "", names: set[str] = frozenset()) -> list[str]:
+def split_dotted_flags(extra: list[str], section: str = "", names: AbstractSet[str] = frozenset()) -> list[str]:
     """``--ppo.epochs=8`` / ``--ppo.epochs 8`` -> ``ppo.epochs=8``; with ``section`` and its field ``names``,
     ``--similarity-from X`` -> ``rainbow.similarity_from=X`` too; anything else is an error."""
     out, i = [], 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ class Run:
         return make_agent(self.spec, self.sections, envs, device, seed)
 
 
-def open_run(run_dir: Path, suite: str | None = None, overrides: list[tuple[str, str]] = (),
+def open_run(run_dir: Path, suite: str | None = None, overrides: Sequence[tuple[str, str]] = (),
              checkpoint: str | None = None) -> Run:
     """Read a run directory back, or raise ConfigError naming what is wrong.
 

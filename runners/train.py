@@ -281,12 +281,18 @@ class Trainer:
         if not (diagnose and monitor.cfg.batch and agent.current_batch() is not None):
             return agent.iterate(diagnose)
         start: dict[str, float] = {}
-        agent.before_update = lambda: start.update(monitor.batch_metrics(agent.current_batch(), "start"))
+
+        def current_batch() -> torch.Tensor:
+            batch = agent.current_batch()
+            assert batch is not None  # checked above: this agent has one
+            return batch
+
+        agent.before_update = lambda: start.update(monitor.batch_metrics(current_batch(), "start"))
         try:
             metrics, episodes = agent.iterate(diagnose)
         finally:
             agent.before_update = None
-        return {**metrics, **start, **monitor.batch_metrics(agent.current_batch(), "end")}, episodes
+        return {**metrics, **start, **monitor.batch_metrics(current_batch(), "end")}, episodes
 
     def loop(self) -> tuple[str, str]:
         """Iterate to the budget or a stop signal; returns (status, reason)."""
@@ -303,7 +309,9 @@ class Trainer:
                 metrics, episodes = self.iterate(diagnose)
                 batch = agent.env_steps - steps0
                 if self.monitor.probe is None and self.monitor.cfg.enabled:
-                    self.monitor.probe = agent.recent_inputs(self.probe_size).clone()
+                    recent = agent.recent_inputs(self.probe_size)
+                    assert recent is not None  # after an iteration, every agent has trained or acted on inputs
+                    self.monitor.probe = recent.clone()
                     atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
                 if diagnose:
                     metrics.update(self.monitor.collect())

@@ -59,7 +59,7 @@ RL_EPS_DECAY_STEPS = 25000  # epsilon decayed over a share of the short budget
 RL_AGENTS = ("dqn", "dqn_soft_reset")
 
 
-def update_cost(repeats: int = 5, steps: int = 200) -> list[tuple[float, float]]:
+def update_cost(repeats: int = 5, steps: int = 200) -> list[tuple[float, ...]]:
     """Seconds per update of Adam and of SoftReset(Adam) on the supervised MLP, alternated."""
     import torch
     import torch.nn.functional as F
