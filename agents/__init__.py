@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from configs import ConfigError
 from envs.suites import rl_suites
+
+if TYPE_CHECKING:  # agents.base imports the plasticity package, which is not needed to read the registry
+    from agents.base import Agent
 
 RL_SUITES = rl_suites()
 
@@ -24,7 +28,7 @@ class AgentSpec:
     variant: str | None = None  # configs/<variant>.yaml, applied after the family and suite files
     suites: tuple[str, ...] = RL_SUITES
 
-    def load(self) -> type:
+    def load(self) -> type[Agent[Any]]:
         module, _, cls = self.target.partition(":")
         return getattr(importlib.import_module(module), cls)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class Scale(nn.Module):
 def to_channels_last(net: nn.Module) -> nn.Module:
     """Conv weights, and through ``Scale`` the inputs, in channels-last layout: the same maths,
     faster oneDNN convolutions on CPU (the cast to float does the layout change in the same copy)."""
-    net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     for module in net.modules():
         if isinstance(module, Scale):
             module.memory_format = torch.channels_last
@@ -110,6 +111,7 @@ def orthogonal_init(net: nn.Sequential, head_gain: float) -> None:
     for name, m in net.named_children():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.orthogonal_(m.weight, head_gain if name == "head" else math.sqrt(2))
+            assert m.bias is not None  # the networks here are built with biases
             nn.init.zeros_(m.bias)
 
 
@@ -149,7 +151,9 @@ def paired_forward(a: nn.Sequential, b: nn.Sequential, x: Tensor) -> tuple[Tenso
         if isinstance(ma, nn.Flatten):
             break
         if isinstance(ma, nn.Conv2d):
-            h = F.conv2d(h, torch.cat([ma.weight, mb.weight]), torch.cat([ma.bias, mb.bias]), ma.stride,
+            mb_conv = cast(nn.Conv2d, mb)  # can_run_paired: b has a's layer types, and the convs have biases
+            biases = cast(list[Tensor], [ma.bias, mb_conv.bias])
+            h = F.conv2d(h, torch.cat([ma.weight, mb_conv.weight]), torch.cat(biases), ma.stride,
                          ma.padding, ma.dilation, groups)
             groups = 2
         else:

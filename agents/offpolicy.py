@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -52,9 +52,11 @@ class OffPolicyAgent(Agent[OffPolicyConfigT]):
     with :meth:`count_update`) and optionally ``iteration_metrics()``; their config extends
     :class:`OffPolicyConfig`."""
 
-    STATE_KEYS = ("target", "replay", "gen", "updates", "next_obs", "prev_done")
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ("target", "replay", "gen", "updates", "next_obs", "prev_done")
     q: nn.Module
     replay: ReplayBuffer
+    next_obs: Tensor  # set by restart_episodes
+    prev_done: Tensor
 
     def setup(self, networks: dict[str, nn.Module]) -> None:
         cfg, envs = self.cfg, self.envs

@@ -121,8 +121,8 @@ class PrioritizedReplay(ReplayBuffer):
             have += idx.size
         idx = np.concatenate(picked)[:batch_size]
         probs = self.tree.get(idx) / self.tree.total
-        weights = (max(1, len(self)) * probs) ** -beta
-        weights = torch.as_tensor(weights / weights.max(), dtype=torch.float32, device=self.device)
+        raw_weights = (max(1, len(self)) * probs) ** -beta
+        weights = torch.as_tensor(raw_weights / raw_weights.max(), dtype=torch.float32, device=self.device)
         return self.gather(torch.as_tensor(idx, device=self.device), gamma, self.n_step), weights
 
     def update_priorities(self, indices: Tensor, losses: Tensor) -> None:

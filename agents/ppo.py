@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -58,7 +58,8 @@ from plasticity.policy import categorical_kl, clip_fraction, kl_k1, kl_k3, trust
 @dataclass
 class PPOConfig:
     """PPO and PFO hyperparameters (defaults: PFO paper, Atari)."""
-    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, mlp", choices=("nature_cnn", "minatar_cnn", "mlp"))
+    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, mlp",
+                         choices=("nature_cnn", "minatar_cnn", "mlp"))
     hidden: int = param("Width of the last hidden layer (the features PFO regularises)", min=1)
     activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
     init: str = param("Weight init: default (PyTorch's, as the PFO code) or orthogonal (CleanRL/SB3)",
@@ -79,7 +80,8 @@ class PPOConfig:
     vf_coef: float = param("Value loss coefficient (loss = vf_coef * MSE)", min=0.0)
     max_grad_norm: float = param("Gradient norm clip, per network (0: off)", min=0.0)
     norm_adv: bool = param("Normalise advantages per minibatch")
-    bootstrap_truncated: bool = param("Bootstrap from the value at a time limit (false: treat truncation as termination)")
+    bootstrap_truncated: bool = param(
+        "Bootstrap from the value at a time limit (false: treat truncation as termination)")
     pfo_coef: float = param("PFO coefficient c (0 = plain PPO)", min=0.0)
     pfo_all_layers: bool = param("PFO on all layers' pre-activations instead of the penultimate layer's")
     channels_last: bool = param("Run conv nets in channels-last layout (same maths, faster on CPU)")
@@ -160,6 +162,10 @@ class PPO(Agent[PPOConfig]):
     config_class = PPOConfig
 
     STATE_KEYS = ("gen", "next_obs", "prev_done")
+    actor: nn.Sequential
+    critic: nn.Sequential
+    next_obs: Tensor  # set by restart_episodes
+    prev_done: Tensor
 
     def build_networks(self) -> dict[str, nn.Module]:
         """Actor and critic (with ``shared_trunk``, the critic's head alone: :meth:`setup` puts it on the
@@ -172,7 +178,7 @@ class PPO(Agent[PPOConfig]):
             orthogonal_init(actor, 0.01)
             orthogonal_init(critic, 1.0)
         if cfg.shared_trunk:
-            return {"actor": actor, "critic_head": nn.Sequential(OrderedDict([("head", critic.head)]))}
+            return {"actor": actor, "critic_head": nn.Sequential(OrderedDict([("head", critic.get_submodule("head"))]))}
         return {"actor": actor, "critic": critic}
 
     def update_batch_size(self) -> int:
@@ -189,20 +195,24 @@ class PPO(Agent[PPOConfig]):
                               f"env.num_envs * ppo.num_steps = {self.batch_size}")
         self.num_iterations = max(1, math.ceil(self.total_steps / self.batch_size))
 
-        self.actor = networks["actor"]
+        # build_network makes nn.Sequential networks, and the interventions' prepare keeps them so
+        self.actor = cast(nn.Sequential, networks["actor"])
         if cfg.shared_trunk:
             body = list(self.actor.named_children())[:-1]
-            self.critic = nn.Sequential(OrderedDict(body + [("head", networks["critic_head"].head)]))
+            self.critic = nn.Sequential(OrderedDict(body + [("head", networks["critic_head"].get_submodule("head"))]))
         else:
-            self.critic = networks["critic"]
+            self.critic = cast(nn.Sequential, networks["critic"])
         self.channels_last = cfg.channels_last and len(obs_space.shape) == 3
         if self.channels_last:
             to_channels_last(self.actor)
             to_channels_last(self.critic)
         # the update scales each minibatch once and feeds both networks (their Scale modules are equal)
-        self._actor_trunk, self._critic_tail = self.actor[1:-1], self.critic[1:]
+        # (a slice of a Sequential is a Sequential; torch types it Sequential | Module)
+        self._actor_trunk = cast(nn.Sequential, self.actor[1:-1])
+        self._critic_tail = cast(nn.Sequential, self.critic[1:])
 
-        adam = dict(lr=cfg.lr, eps=cfg.adam_eps, betas=cfg.adam_betas, fused=True)
+        adam: dict[str, Any] = dict(lr=cfg.lr, eps=cfg.adam_eps, betas=cfg.adam_betas, fused=True)
+        self._optimizers: list[torch.optim.Optimizer]
         if cfg.shared_trunk:
             params = list({id(p): p for p in [*self.actor.parameters(), *self.critic.parameters()]}.values())
             self._optimizers = [torch.optim.Adam(params, **adam)]
@@ -236,13 +246,13 @@ class PPO(Agent[PPOConfig]):
     # -- forward passes ----------------------------------------------------------------------
     def _scaled(self, obs: Tensor) -> Tensor:
         with self.autocast():
-            return self.actor.scale(obs)
+            return cast(nn.Module, self.actor.scale)(obs)  # Sequential attributes are typed Tensor | Module
 
     def _policy(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, phi) from scaled observations; phi = penultimate pre-activations (or all layers')."""
         with self.autocast():
             hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
-            logits = self.actor.head(hidden)
+            logits = cast(nn.Module, self.actor.head)(hidden)
         return logits.float(), phi.float()
 
     def _value(self, x: Tensor) -> Tensor:
@@ -252,11 +262,11 @@ class PPO(Agent[PPOConfig]):
     def _policy_and_value(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(logits, phi, values): a shared trunk runs once for both heads; separate actor and critic
         CNNs run as one paired network when they can."""
-        actor, critic = self.actor[1:], self.critic[1:]
+        actor, critic = cast(nn.Sequential, self.actor[1:]), cast(nn.Sequential, self.critic[1:])
         with self.autocast():
             if self.cfg.shared_trunk:
                 hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
-                logits, values = self.actor.head(hidden), self.critic.head(hidden)
+                logits, values = cast(nn.Module, self.actor.head)(hidden), cast(nn.Module, self.critic.head)(hidden)
             elif can_run_paired(actor, critic):
                 logits, values, pre = paired_forward(actor, critic, x)
                 phi = pfo_features(pre, self.cfg.pfo_all_layers)
@@ -311,7 +321,8 @@ class PPO(Agent[PPOConfig]):
         return PPOBatch(obs, self.actions.reshape(B), self.logprobs.reshape(B), self.features.reshape(B, -1),
                         adv.reshape(B), returns, values[:-1].reshape(B), self.valid.reshape(B).float())
 
-    def _minibatch_loss(self, batch: "PPOBatch", idx: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+    def _minibatch_loss(self, batch: "PPOBatch", idx: Tensor) -> tuple[Tensor, dict[str, Tensor | float], Tensor,
+                                                                         Tensor]:
         """The PPO(+PFO) loss of one minibatch; returns (loss, its terms, log-ratios, advantages used)."""
         cfg, w = self.cfg, batch.valid[idx]
         logits, phi, values = self._policy_and_value(self._scaled(batch.obs[idx]))
@@ -324,8 +335,8 @@ class PPO(Agent[PPOConfig]):
         loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
         if cfg.pfo_coef > 0:
             loss = loss + cfg.pfo_coef * feature_loss
-        terms = {"losses/policy": policy_loss, "losses/value": value_loss, "losses/entropy": entropy,
-                 "losses/pfo": feature_loss}
+        terms: dict[str, Tensor | float] = {"losses/policy": policy_loss, "losses/value": value_loss,
+                                            "losses/entropy": entropy, "losses/pfo": feature_loss}
         return loss, terms, log_ratio, adv
 
     def update(self, diagnose: bool) -> dict[str, float]:

@@ -65,7 +65,8 @@ class RainbowConfig(OffPolicyConfig):
     masp_lr: float = param("Adam step size of the meta-updates of the similarity logits W", min=0.0)
     masp_inner_lr: float = param("Inner (look-ahead) SGD step size on the head", min=0.0)
     masp_period: int = param("Learner updates between meta-updates of W", min=1)
-    masp_init: str = param("Initial W: zero or overlap (macros sharing primitives start similar)", choices=("zero", "overlap"))
+    masp_init: str = param("Initial W: zero or overlap (macros sharing primitives start similar)",
+                           choices=("zero", "overlap"))
     similarity_from: str = param("Run directory whose learned W initialises this run's (transfer); '' for none")
 
 
@@ -103,6 +104,8 @@ class NoisyLinear(nn.Module):
     """
 
     weight_param = "weight_mu"  # plasticity.interventions.layer_weight
+    eps_in: Tensor  # buffers (register_buffer), declared for the type checker
+    eps_out: Tensor
 
     def __init__(self, in_features: int, out_features: int, sigma0: float):
         super().__init__()
@@ -140,6 +143,8 @@ class NoisyLinear(nn.Module):
 
 class RainbowNet(nn.Module):
     """Trunk -> (value, advantage) streams -> per-action categorical distributions over atoms."""
+
+    support: Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, cfg: RainbowConfig, obs_shape: tuple[int, ...], num_actions: int):
         super().__init__()
@@ -197,7 +202,12 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
     UNSUPPORTED_INTERVENTIONS = {"redo": "ReDo recycles the units of one nn.Sequential; Rainbow's trunk feeds "
                                          "two heads"}
     q: RainbowNet
+    target: RainbowNet
     replay: PrioritizedReplay
+    decide: Tensor  # per environment: whether it takes a new decision this step (set by restart_episodes)
+    pending_action: Tensor
+    pending_obs: Tensor
+    pending_valid: Tensor
 
     def __init__(self, cfg: RainbowConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
                  interventions: Interventions):
@@ -352,6 +362,8 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
 
 class HeadsView(nn.Module):
     """Exposes ``RainbowNet.heads`` as ``forward`` while sharing the network's modules and names."""
+
+    support: Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, net: RainbowNet):
         super().__init__()

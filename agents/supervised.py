@@ -42,7 +42,8 @@ class SupervisedConfig:
     sr_lr_gamma: float = param("Soft reset: step size of the gamma ascent (0: gamma fixed)", min=0.0)
     sr_k_gamma: int = param("Soft reset: gamma ascent steps per batch (K_gamma)", min=1)
     sr_m_gamma: int = param("Soft reset: Monte Carlo samples per gamma step (M_gamma)", min=1)
-    sr_s2_ratio: float = param("Soft reset: posterior variance s^2 as a multiple of sigma0^2", min=0.0, min_exclusive=True)
+    sr_s2_ratio: float = param("Soft reset: posterior variance s^2 as a multiple of sigma0^2", min=0.0,
+                               min_exclusive=True)
     sr_prior_mean: str = param("Soft reset: mu0 = the initial parameters or zero", choices=("init", "zero"))
     sr_k_theta: int = param("Soft reset: optimiser steps per batch (K_theta > 1: the proximal variant)", min=1)
     sr_gamma_init: float = param("Soft reset: initial gamma (with sr_lr_gamma=0, gamma stays there)", min=0.0, max=1.0)
@@ -128,7 +129,8 @@ class SupervisedLearner(Agent[SupervisedConfig]):
         with torch.no_grad():
             out = self.model(x)
             metrics = {"supervised/task": task.index, "supervised/train_loss": float(task_loss(task.kind, out, y)),
-                       "supervised/first_minibatch_loss": losses[0], "supervised/mean_minibatch_loss": float(np.mean(losses))}
+                       "supervised/first_minibatch_loss": losses[0],
+                       "supervised/mean_minibatch_loss": float(np.mean(losses))}
             if task.kind == "classification":
                 metrics["supervised/train_accuracy"] = float((out.argmax(-1) == y).float().mean())
         for layer in gammas[0] if gammas else []:
@@ -141,6 +143,7 @@ class SupervisedLearner(Agent[SupervisedConfig]):
 
     def diagnostic_loss(self) -> Tensor:
         task = self.task
+        assert task is not None, "diagnostic_loss is called after an iteration, which sets the task"
         x, y = task.inputs[:self.cfg.batch_size].to(self.device), task.targets[:self.cfg.batch_size].to(self.device)
         return task_loss(task.kind, self.model(x), y)
 

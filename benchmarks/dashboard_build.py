@@ -32,7 +32,7 @@ def columns() -> tuple[list[str], list[str]]:
              "losses/entropy", "losses/pfo", "losses/approx_kl", "losses/clip_frac"]
     diag = ["trust_region/excess_ratio", "trust_region/kl"]
     for net in ("actor", "critic"):
-        diag += [f"plasticity/{m}/{net}/{l}" for m in PER_LAYER for l in LAYERS]
+        diag += [f"plasticity/{m}/{net}/{layer}" for m in PER_LAYER for layer in LAYERS]
         diag += [f"plasticity/{m}/{net}/fc" for m in ("srank", "approx_rank", "effective_rank", "feature_rank")]
     return every, diag
 

@@ -71,7 +71,8 @@ def training_sps(precision: str, trunk: str, iterations: int, root: Path, tag: s
     rc = run_atari("atari", ["--agent", "ppo_pfo", "--env", "Breakout", "--total-steps", str(1024 * iterations),
                              "--set", f"ppo.precision={precision}",
                              "--set", f"ppo.shared_trunk={str(trunk == 'shared').lower()}",
-                             "--results-dir", str(root), "--experiment", "bench", "--run-name", name, "--no-progress", "--set", "run.checkpoint_steps=100000000",
+                             "--results-dir", str(root), "--experiment", "bench", "--run-name", name, "--no-progress",
+                             "--set", "run.checkpoint_steps=100000000",
                              *(a for field in sets for a in ("--set", field))])
     wall = time.perf_counter() - t0
     if rc != 0:

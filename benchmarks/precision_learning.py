@@ -53,7 +53,8 @@ def main() -> None:
     print(f"\nmachine: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}")
     print(f"command: python benchmarks/precision_learning.py --env {args.env} --agent {args.agent} "
           f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))}\n")
-    print(f"| precision | return, last 100 episodes, per seed ({', '.join(map(str, args.seeds))}) | mean [min, max] | steps/s (median) |")
+    print(f"| precision | return, last 100 episodes, per seed ({', '.join(map(str, args.seeds))}) "
+          f"| mean [min, max] | steps/s (median) |")
     print("|---|---|---|---|")
     for precision, runs in results.items():
         returns = [r["return_mean_last100"] for r in runs]

@@ -27,7 +27,8 @@ class EnvConfig:
     threads: int = param("envpool worker threads (0: min(num_envs, CPU count))", min=0)
     frame_skip: int = param("Emulator frames per agent step (Atari)", min=1)
     max_pool: bool = param("Max over the last two frames of each skip (Atari)")
-    sticky_action_prob: float = param("Probability ALE repeats the previous action each frame (Atari)", min=0.0, max=1.0)
+    sticky_action_prob: float = param("Probability ALE repeats the previous action each frame (Atari)",
+                                      min=0.0, max=1.0)
     noop_max: int = param("Reset runs U{1..noop_max} no-op frames, envpool's rule (Atari)", min=1)
     fire_reset: bool = param("Press FIRE after each reset in games that have it (Atari)")
     episodic_life: bool = param("Treat a lost life as termination for learning (Atari)")

@@ -129,6 +129,7 @@ class ALEAtari(VecEnv):
         self.frame_skip = cfg.frame_skip
         self._max_steps = cfg.max_episode_frames // cfg.frame_skip if cfg.max_episode_frames else 10**9
         rom = roms.get_rom_path(rom_id(cfg.id))
+        assert rom is not None  # rom_id names a ROM that ale-py bundles
         self._ales = []
         for i in range(self.num_envs):
             ale = ale_py.ALEInterface()

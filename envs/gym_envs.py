@@ -35,11 +35,14 @@ class GymVecEnv(VecEnv):
         self._transform = obs_transform or (lambda o: np.asarray(o, dtype=np.float32))
         space = self.envs[0].observation_space
         if not isinstance(self.envs[0].action_space, gym.spaces.Discrete):
-            raise ConfigError(f"{self.envs[0].spec.id} has a continuous action space; "
+            spec = self.envs[0].spec
+            assert spec is not None  # the factories build their environments with gym.make, which sets it
+            raise ConfigError(f"{spec.id} has a continuous action space; "
                               "the agents here need discrete actions")
         sample = self._transform(space.sample())
-        bounds = (0, 1) if sample.dtype == np.uint8 else (-np.inf, np.inf)  # uint8 only from MinAtar's 0/1 grids
-        self.single_observation_space = gym.spaces.Box(*bounds, sample.shape, sample.dtype)
+        low, high = (0, 1) if sample.dtype == np.uint8 else (-np.inf, np.inf)  # uint8 only from MinAtar's 0/1 grids
+        # gymnasium annotates Box's dtype as a scalar type, though it takes an np.dtype (np.dtype(dtype) inside)
+        self.single_observation_space = gym.spaces.Box(low, high, sample.shape, sample.dtype)  # type: ignore[arg-type]
         self.single_action_space = self.envs[0].action_space
         self._obs = np.zeros((num_envs, *sample.shape), sample.dtype)
         self._was_done = np.zeros(num_envs, bool)

@@ -114,10 +114,10 @@ class MacroVecEnv:
         self.after_end = done.copy()
         reward = np.where(completed, self.acc, 0.0).astype(np.float32)
         steps = np.where(completed, self.k, 0)
-        for i in np.flatnonzero(completed):
-            self.queue[i] = []
-            self.acc[i] = 0.0
-            self.k[i] = 0
+        for done_i in np.flatnonzero(completed):
+            self.queue[done_i] = []
+            self.acc[done_i] = 0.0
+            self.k[done_i] = 0
         return MacroStep(step.obs, reward, step.terminated, step.truncated, step.episodes, completed, steps,
                          step.reward)
 

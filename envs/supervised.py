@@ -40,7 +40,8 @@ class TaskStreamConfig:
 
 
 class Task(NamedTuple):
-    index: int
+    # a field named like the method tuple.index: mypy reports it as an incompatible override
+    index: int  # type: ignore[assignment]
     kind: str  # "classification" or "regression"
     inputs: Tensor  # (n, 1, s, s) images
     targets: Tensor  # class indices, or (n, 10) regression targets

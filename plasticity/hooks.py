@@ -4,8 +4,9 @@ Hooks sit on activation *modules* (``nn.ReLU``, ``nn.Tanh``, ...): a hook sees t
 module's input (the pre-activation) and output (the post-activation) at once. A layer is
 named after the parameterised module just before its activation in the parent container
 (``conv1``, ``fc``), which is what a reader expects to see in TensorBoard; otherwise after
-the activation module itself; normalisation layers in between are skipped. Activations applied functionally (``F.relu`` inside
-``forward``) are invisible to hooks: use modules in networks you want to monitor.
+the activation module itself; normalisation layers in between are skipped. Activations applied
+functionally (``F.relu`` inside ``forward``) are invisible to hooks: use modules in networks you
+want to monitor.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -108,12 +108,15 @@ def insert_norms(net: nn.Module) -> nn.Module:
 # Helpers on parameters and optimiser state
 # ---------------------------------------------------------------------------------------
 
-def fresh_copy(module: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def fresh_copy(module: ModuleT) -> ModuleT:
     """A re-initialised copy of ``module`` (every submodule's reset_parameters())."""
     clone = copy.deepcopy(module)
     for m in clone.modules():
         if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+            getattr(m, "reset_parameters")()  # not m.reset_parameters: torch types Module attributes as Tensor | Module
     return clone
 
 
@@ -229,15 +232,16 @@ class NormalizeAndProject(Intervention):
     def prepare(self, net: nn.Module) -> nn.Module:
         return insert_norms(net)
 
-    def attach(self, nets, opt):
+    def attach(self, nets: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
         super().attach(nets, opt)
-        self.weights = [layer_weight(m) for net in nets.values() for _, m in weight_layers(net)]
+        # weight_layers keeps the modules whose layer_weight is not None
+        self.weights = [cast(Tensor, layer_weight(m)) for net in nets.values() for _, m in weight_layers(net)]
         self.norm_params = [p for net in nets.values() for m in net.modules() if isinstance(m, NORM_TYPES)
                             for p in m.parameters(recurse=False)]
         self.target = {w: float(w.detach().norm()) for w in self.weights}
 
     @torch.no_grad()
-    def after_step(self, step):
+    def after_step(self, step: int) -> None:
         for w in self.weights:
             norm = w.norm()
             if norm > 0:
@@ -247,10 +251,10 @@ class NormalizeAndProject(Intervention):
             for p in self.norm_params:
                 p.mul_(1 - lr * self.scale_decay)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"target": [self.target[w] for w in self.weights]}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.target = dict(zip(self.weights, state["target"], strict=True))
 
 
@@ -263,11 +267,11 @@ class LayerNormWeightDecay(Intervention):
     def __init__(self, weight_decay: float):
         self.wd = weight_decay
 
-    def prepare(self, net):
+    def prepare(self, net: nn.Module) -> nn.Module:
         return insert_norms(net)
 
     @torch.no_grad()
-    def before_step(self, step):
+    def before_step(self, step: int) -> None:
         for group in self.opt.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -289,15 +293,15 @@ class ELRRewarming(Intervention):
         self.restarts = 0
         self._fire = False
 
-    def attach(self, nets, opt):
+    def attach(self, nets: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
         super().attach(nets, opt)
         self.base_lr = [g["lr"] for g in opt.param_groups]
 
-    def observe_loss(self, value):
+    def observe_loss(self, value: float) -> None:
         if self.period == 0 and self.detector.update(value):
             self._fire = True
 
-    def before_step(self, step):
+    def before_step(self, step: int) -> None:
         if (self.period and step - self.cycle_start >= self.period) or self._fire:
             if self._fire:
                 self.cycle_length = max(step - self.cycle_start, self.warmup + 1)
@@ -307,14 +311,14 @@ class ELRRewarming(Intervention):
         for group, lr in zip(self.opt.param_groups, self.base_lr):
             group["lr"] = lr * factor
 
-    def metrics(self):
+    def metrics(self) -> dict[str, float]:
         return {"interventions/rewarm_restarts": self.restarts}
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"cycle_start": self.cycle_start, "cycle_length": self.cycle_length, "restarts": self.restarts,
                 "fire": self._fire, "detector": self.detector.state_dict(), "base_lr": self.base_lr}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.cycle_start, self.cycle_length = state["cycle_start"], state["cycle_length"]
         self.restarts, self._fire, self.base_lr = state["restarts"], state["fire"], state["base_lr"]
         self.detector.load_state_dict(state["detector"])
@@ -329,32 +333,33 @@ class ReDo(Intervention):
 
     name = "redo"
 
-    def __init__(self, tau: float, period: int, batch_fn: Callable[[], Tensor] | None):
+    def __init__(self, tau: float, period: int, batch_fn: Callable[[], Tensor | None] | None):
         self.tau, self.period, self.batch_fn = tau, period, batch_fn
         self.recycled = 0
 
-    def attach(self, nets, opt):
+    def attach(self, nets: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
         super().attach(nets, opt)
         for name, net in nets.items():
             if not isinstance(net, nn.Sequential):
                 raise ConfigError(f"redo needs nn.Sequential networks; '{name}' is {type(net).__name__}")
 
-    def after_step(self, step):
+    def after_step(self, step: int) -> None:
         if step % self.period or self.batch_fn is None:
             return
         batch = self.batch_fn()
         if batch is None:
             return
         for net in self.nets.values():
-            self.recycled += recycle_dormant(net, batch, self.tau, self.opt)
+            # attach checked that every network is an nn.Sequential
+            self.recycled += recycle_dormant(cast(nn.Sequential, net), batch, self.tau, self.opt)
 
-    def metrics(self):
+    def metrics(self) -> dict[str, float]:
         return {"interventions/redo_recycled": self.recycled}
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"recycled": self.recycled}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         self.recycled = state["recycled"]
 
 
@@ -371,7 +376,8 @@ def recycle_dormant(net: nn.Sequential, batch: Tensor, tau: float, opt: torch.op
             continue
         i = names.index(layer)
         incoming = children[i][1]
-        outgoing = next((m for _, m in children[i + 1:] if isinstance(m, WEIGHT_TYPES)), None)
+        outgoing = cast("nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d | None",  # a WEIGHT_TYPES module or None
+                        next((m for _, m in children[i + 1:] if isinstance(m, WEIGHT_TYPES)), None))
         if not isinstance(incoming, WEIGHT_TYPES) or outgoing is None:
             continue
         mask = M.dormant_mask(post, tau)
@@ -406,7 +412,7 @@ class ShrinkPerturb(Intervention):
         self.name, self.period, self.shrink, self.perturb = name, period, shrink, perturb
 
     @torch.no_grad()
-    def after_step(self, step):
+    def after_step(self, step: int) -> None:
         if step % self.period:
             return
         for net in self.nets.values():
@@ -424,21 +430,21 @@ class L2Init(Intervention):
     def __init__(self, coef: float):
         self.coef = coef
 
-    def attach(self, nets, opt):
+    def attach(self, nets: dict[str, nn.Module], opt: torch.optim.Optimizer) -> None:
         super().attach(nets, opt)
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.initial = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
-    def before_step(self, step):
+    def before_step(self, step: int) -> None:
         for p, p0 in zip(self.params, self.initial):
             if p.grad is not None:
                 p.grad.add_(p - p0, alpha=2 * self.coef)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"initial": self.initial}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         for p0, saved in zip(self.initial, state["initial"], strict=True):
             p0.copy_(saved)
 
@@ -453,7 +459,7 @@ class HardReset(Intervention):
         self.period, self.layers = period, layers
 
     @torch.no_grad()
-    def after_step(self, step):
+    def after_step(self, step: int) -> None:
         if step % self.period:
             return
         for net in self.nets.values():
@@ -535,14 +541,21 @@ class Interventions:
                 made.append(iv)
             self.active += made
             self.steps[id(opt)] = 0
-            opt.register_step_pre_hook(lambda o, a, k, made=made: self._before(o, made))
-            opt.register_step_post_hook(lambda o, a, k, made=made: self._after(o, made))
 
-    def _before(self, opt, made: list[Intervention]) -> None:
+            def before(o: torch.optim.Optimizer, a: Any, k: Any, made: list[Intervention] = made) -> None:
+                self._before(o, made)
+
+            def after(o: torch.optim.Optimizer, a: Any, k: Any, made: list[Intervention] = made) -> None:
+                self._after(o, made)
+
+            opt.register_step_pre_hook(before)
+            opt.register_step_post_hook(after)
+
+    def _before(self, opt: torch.optim.Optimizer, made: list[Intervention]) -> None:
         for iv in made:
             iv.before_step(self.steps[id(opt)] + 1)
 
-    def _after(self, opt, made: list[Intervention]) -> None:
+    def _after(self, opt: torch.optim.Optimizer, made: list[Intervention]) -> None:
         self.steps[id(opt)] += 1
         for iv in made:
             iv.after_step(self.steps[id(opt)])

@@ -9,6 +9,8 @@ Where a metric is undefined for the input (a rank with n < d) the function retur
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -148,7 +150,7 @@ def feature_norm(x: Tensor) -> float:
 # Weights, updates and effective learning rate
 # ---------------------------------------------------------------------------------------
 
-def tensor_norm(tensors: list[Tensor] | Tensor) -> float:
+def tensor_norm(tensors: Sequence[Tensor] | Tensor) -> float:
     """Global L2 norm of one tensor or a list of tensors."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
@@ -217,7 +219,7 @@ def greedy_churn(before: Tensor, after: Tensor) -> float:
     return float((before.argmax(-1) != after.argmax(-1)).float().mean())
 
 
-def hessian_top_eigenvalue(loss: Tensor, params: list[Tensor], iterations: int = 20,
+def hessian_top_eigenvalue(loss: Tensor, params: Sequence[Tensor], iterations: int = 20,
                            generator: torch.Generator | None = None) -> float:
     """Largest-magnitude eigenvalue of the loss Hessian by power iteration on Hessian-vector products.
 
@@ -227,7 +229,7 @@ def hessian_top_eigenvalue(loss: Tensor, params: list[Tensor], iterations: int =
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     eig = 0.0
     for _ in range(iterations):
-        norm = torch.sqrt(sum((x * x).sum() for x in v))
+        norm = torch.sqrt(cast(Tensor, sum((x * x).sum() for x in v)))  # a tensor: params is not empty
         v = [x / norm for x in v]
         hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
         eig = float(sum((h * x).sum() for h, x in zip(hv, v)))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
@@ -117,12 +117,13 @@ class PlasticityMonitor:
             keys = [key for key, (o, _) in self._group.items() if o is opt]
             params = [p for key in keys for p in self._layers[key]]
             if params:
-                index = torch.tensor([i for i, key in enumerate(keys) for _ in self._layers[key]],
-                                     device=params[0].device)
-                self._tracked[id(opt)] = (keys, params, index)
+                layer_index = torch.tensor([i for i, key in enumerate(keys) for _ in self._layers[key]],
+                                           device=params[0].device)
+                self._tracked[id(opt)] = (keys, params, layer_index)
         self._tracking = False
         self.always_track = False
-        self._before: dict[int, list[Tensor]] = {}  # per optimiser: parameters before the step (buffers reused until collect)
+        # per optimiser: parameters before the step (buffers reused until collect)
+        self._before: dict[int, list[Tensor]] = {}
         self._pending: set[int] = set()  # optimisers between a tracked pre-step and its post-step
         self._sums: dict[tuple[int, str], Tensor] = {}  # (optimiser, metric) -> per-layer sums over steps
         self._counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -166,7 +167,7 @@ class PlasticityMonitor:
         torch._foreach_copy_(self._before[id(opt)], [p.detach() for p in params])
         self._pending.add(id(opt))
         with_grad = [i for i, p in enumerate(params) if p.grad is not None]  # layers without any count as 0
-        grads = [params[i].grad for i in with_grad]
+        grads = cast(list[Tensor], [params[i].grad for i in with_grad])  # all set: with_grad filtered them
         self._accumulate(opt, "grad_norm", M.group_norms(grads, index[with_grad], len(keys)))
 
     def _post_step(self, opt, args, kwargs) -> None:

@@ -213,7 +213,8 @@ def markdown(rows: list[dict], overall: dict) -> str:
         if r["point"]:
             continue
         lines.append(f"| {r['arm']} | {r['task']} | {r['measure']} | {r['n']} | {r['mean']:.4g} "
-                     f"[{r['mean_lo']:.4g}, {r['mean_hi']:.4g}] | {r['iqm']:.4g} [{r['iqm_lo']:.4g}, {r['iqm_hi']:.4g}] |")
+                     f"[{r['mean_lo']:.4g}, {r['mean_hi']:.4g}] | "
+                     f"{r['iqm']:.4g} [{r['iqm_lo']:.4g}, {r['iqm_hi']:.4g}] |")
     if overall:
         lines += ["", "Across games (human-normalised score, stratified bootstrap):", "",
                   "| arm | games | IQM [95% CI] |", "|---|---|---|"]

@@ -27,7 +27,7 @@ import sys
 import textwrap
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 from agents import AGENTS, AgentSpec, agents_for, get_agent
 from configs import ConfigError, describe, dump_yaml, load_layers, parse_assignment
@@ -67,8 +67,8 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
                              "--similarity-from=RUN_DIR (rainbow.similarity_from)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its latest checkpoint")
     parser.add_argument("--checkpoint", metavar="NAME",
-                        help="with --resume: continue from this checkpoint of RUN_DIR/checkpoints/ instead of latest.pt "
-                             "(e.g. step_000000004096.pt)")
+                        help="with --resume: continue from this checkpoint of RUN_DIR/checkpoints/ "
+                             "instead of latest.pt (e.g. step_000000004096.pt)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (shortcut for run.progress=false)")
     return parser
@@ -105,7 +105,7 @@ def agent_fields(agent: str, suite: str) -> tuple[str, set[str]]:
     return cls.section, {f.name for f in fields(cls.config_class)}
 
 
-def split_dotted_flags(extra: list[str], section: str = "", names: set[str] = frozenset()) -> list[str]:
+def split_dotted_flags(extra: list[str], section: str = "", names: AbstractSet[str] = frozenset()) -> list[str]:
     """``--ppo.epochs=8`` / ``--ppo.epochs 8`` -> ``ppo.epochs=8``; with ``section`` and its field ``names``,
     ``--similarity-from X`` -> ``rainbow.similarity_from=X`` too; anything else is an error."""
     out, i = [], 0
@@ -181,7 +181,8 @@ def resume(suite: str, run_dir: Path, overrides: list[tuple[str, str]], checkpoi
         from runners.storage import newest_readable_checkpoint
         newest = newest_readable_checkpoint(run.ckpt_dir)
         if newest is None or newest.name == ckpt_path.name:
-            raise ConfigError(f"{exc}; {run.ckpt_dir} holds no readable step checkpoint to resume from instead") from None
+            raise ConfigError(f"{exc}; {run.ckpt_dir} holds no readable step checkpoint "
+                              "to resume from instead") from None
         raise ConfigError(f"{exc}; the newest readable checkpoint is {newest.name}: continue from it with "
                           f"--resume {run_dir} --checkpoint {newest.name}") from None
     if ckpt["agent"]["env_steps"] >= run.sections["run"].total_steps:

@@ -24,6 +24,7 @@ import time
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def build(root: Path, out: Path, points: int = 100) -> dict:
     for run, label in zip(runs, labels):
         groups.setdefault(f"{label} | {run.task}", []).append(run)
     columns = sorted({c for r in runs for c in r.columns} - {"step"})
-    metrics = {"score": {g: resample(rs, "score", points) for g, rs in groups.items()}}
+    metrics: dict[str, dict[str, Any]] = {"score": {g: resample(rs, "score", points) for g, rs in groups.items()}}
     for col in columns:
         curves = {g: c for g, rs in groups.items() if (c := resample(rs, col, points)) is not None}
         if curves:

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.run_dir / "checkpoints" / "latest.pt")
         replay = ckpt["agent"].get("replay")
         if replay is None:
-            raise ConfigError(f"{args.run_dir} has no replay buffer in its checkpoint (an off-policy agent's run is needed)")
+            raise ConfigError(f"{args.run_dir} has no replay buffer in its checkpoint "
+                              "(an off-policy agent's run is needed)")
         num_primitives = int(ckpt["agent"].get("num_primitives", int(replay["actions"].max()) + 1))
         actions, valid = action_traces(replay)
         macros = mine_ngrams(actions, valid, args.n, args.top, num_primitives)

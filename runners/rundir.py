@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ class Run:
         return make_agent(self.spec, self.sections, envs, device, seed)
 
 
-def open_run(run_dir: Path, suite: str | None = None, overrides: list[tuple[str, str]] = (),
+def open_run(run_dir: Path, suite: str | None = None, overrides: Sequence[tuple[str, str]] = (),
              checkpoint: str | None = None) -> Run:
     """Read a run directory back, or raise ConfigError naming what is wrong.
 
@@ -146,7 +147,8 @@ def open_run(run_dir: Path, suite: str | None = None, overrides: list[tuple[str,
         raise ConfigError(f"{run_dir / 'run.json'} is unreadable: {exc}") from None
     check_run_format(meta, run_dir)
     if suite is not None and meta.get("suite") != suite:
-        raise ConfigError(f"{run_dir} is a {meta.get('suite')} run: resume it with python -m runners.{meta.get('suite')}")
+        raise ConfigError(f"{run_dir} is a {meta.get('suite')} run: "
+                          f"resume it with python -m runners.{meta.get('suite')}")
     bad = [k for k, _ in overrides if k not in RESUME_OVERRIDABLE]
     if bad:
         raise ConfigError(f"--resume keeps the run's config; '{bad[0]}' cannot change "

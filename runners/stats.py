@@ -36,8 +36,9 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return mean, t_half_width(float(np.std(values, ddof=1)), len(values), level)
 
 
-def interval_order(a: tuple[float, float], b: tuple[float, float]) -> int:
-    """(mean, half-width) pairs: 1 if a's interval lies wholly above b's, -1 if wholly below, 0 if they overlap."""
+def interval_order(a: tuple[float, ...], b: tuple[float, ...]) -> int:
+    """(mean, half-width, ...) tuples (the rest ignored): 1 if a's interval lies wholly above b's,
+    -1 if wholly below, 0 if they overlap."""
     if a[0] - a[1] > b[0] + b[1]:
         return 1
     if a[0] + a[1] < b[0] - b[1]:

@@ -47,7 +47,7 @@ class WriteError(ConfigError):
     def __init__(self, path: Path, exc: OSError, needed: int | None = None):
         self.path, self.errno, self.needed = Path(path), exc.errno, needed
         why = _WRITE_FAULTS.get(exc.errno or -1) or exc.strerror or str(exc)
-        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+        code = f" ({errno.errorcode[exc.errno]})" if exc.errno is not None and exc.errno in errno.errorcode else ""
         text = f"could not write {path}: {why}{code}"
         if needed is not None:
             text += f"; it needs {format_bytes(needed)}"
@@ -87,7 +87,8 @@ class _RecordingWriter:
     """
 
     def __init__(self, f: BinaryIO | None):
-        self.f, self.written, self.error = f, 0, None
+        self.f, self.written = f, 0
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         n = memoryview(data).nbytes
@@ -269,7 +270,8 @@ TENSORBOARD_LAYOUT = {
     "plasticity: representation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (
         "srank", "effective_rank", "approx_rank", "feature_rank", "stable_rank", "feature_norm",
         "pattern_change", "kernel_change", "churn")},
-    "plasticity: units": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in ("dead_frac", "dormant_frac", "zombie_frac")},
+    "plasticity: units": {m: ["Multiline", [rf"plasticity/{m}/.*"]]
+                          for m in ("dead_frac", "dormant_frac", "zombie_frac")},
     "plasticity: current batch (PFO protocol)": {m: ["Multiline", [rf"batch_(start|end)/{m}/.*"]] for m in (
         "approx_rank", "effective_rank", "srank", "feature_rank", "feature_norm", "dead_frac", "dormant_frac")},
     "plasticity: optimisation": {m: ["Multiline", [rf"plasticity/{m}/.*"]] for m in (

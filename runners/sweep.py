@@ -120,7 +120,8 @@ def load_sweep(path: Path, results_dir: Path | None = None) -> Sweep:
         raise ConfigError(f"sweep file {path} must be a mapping")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise ConfigError(f"sweep file {path}: unknown field '{unknown[0]}'; valid fields: {', '.join(sorted(TOP_KEYS))}")
+        raise ConfigError(f"sweep file {path}: unknown field '{unknown[0]}'; "
+                          f"valid fields: {', '.join(sorted(TOP_KEYS))}")
     runner = data.get("runner")
     from envs.suites import REGISTRY
     if runner not in REGISTRY:
@@ -235,7 +236,8 @@ def task_state(sweep: Sweep, index: int) -> str:
 def run_task(sweep: Sweep, index: int) -> int:
     """Run (or resume, or skip) task ``index``; under Slurm, requeue it if it was interrupted."""
     if not 0 <= index < len(sweep.runs):
-        raise ConfigError(f"task index {index} is out of range: sweep '{sweep.name}' has tasks 0..{len(sweep.runs) - 1}")
+        raise ConfigError(f"task index {index} is out of range: "
+                          f"sweep '{sweep.name}' has tasks 0..{len(sweep.runs) - 1}")
     run_dir = sweep.run_dir(index)
     state = task_state(sweep, index)
     if state in ("done", "running"):
@@ -299,7 +301,8 @@ def sbatch_script(sweep: Sweep, source: Path, indices: list[int], opts: dict[str
             f"--results-dir {shlex.quote(str(sweep.results_dir.resolve()))}")
     lines += ["", f"cd {shlex.quote(str(REPO))}",
               "# forward the time-limit / preemption signals to the run, which checkpoints and requeues itself",
-              f"{task} &", "child=$!", "trap 'kill -USR1 $child 2>/dev/null' USR1", "trap 'kill -TERM $child 2>/dev/null' TERM",
+              f"{task} &", "child=$!", "trap 'kill -USR1 $child 2>/dev/null' USR1",
+              "trap 'kill -TERM $child 2>/dev/null' TERM",
               "wait $child; status=$?", "while kill -0 $child 2>/dev/null; do wait $child; status=$?; done",
               "exit $status", ""]
     return "\n".join(lines)
@@ -330,7 +333,8 @@ def launch_slurm(sweep: Sweep, source: Path, indices: list[int], opts: dict[str,
     job = proc.stdout.strip().split(";")[0]
     jobs_file = sweep.dir / "slurm" / "jobs.json"
     jobs = json.loads(jobs_file.read_text()) if jobs_file.exists() else []
-    atomic_write_json(jobs_file, jobs + [{"job": job, "tasks": indices, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}])
+    atomic_write_json(jobs_file,
+                      jobs + [{"job": job, "tasks": indices, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}])
     print(f"submitted array job {job} ({len(indices)} tasks): {script}")
     return 0
 

@@ -56,13 +56,15 @@ DEFAULT_TORCH_THREADS = torch.get_num_threads()
 class RunConfig:
     """Budget, seed, device and bookkeeping of one run."""
     seed: int = param("Seed of Python, NumPy, torch and (derived) the environments", min=0)
-    total_steps: int = param("Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
+    total_steps: int = param(
+        "Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
     device: str = param("auto picks CUDA when available, else the CPU", choices=("auto", "cpu", "cuda"))
     experiment: str = param("Results go to <results_dir>/<experiment>/<run_name>/ (empty: the suite's name)")
     run_name: str = param("Run directory name (empty: <env>__<agent>__s<seed>__<date-time>)")
     results_dir: str = param("Root folder of all run directories")
     log_interval: int = param("Write a metrics row every this many iterations", min=1)
-    checkpoint_steps: int = param("Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
+    checkpoint_steps: int = param(
+        "Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
     torch_threads: int = param("torch intra-op threads (0: torch's default)", min=0)
     progress: bool = param("Show a progress bar")
 
@@ -279,12 +281,18 @@ class Trainer:
         if not (diagnose and monitor.cfg.batch and agent.current_batch() is not None):
             return agent.iterate(diagnose)
         start: dict[str, float] = {}
-        agent.before_update = lambda: start.update(monitor.batch_metrics(agent.current_batch(), "start"))
+
+        def current_batch() -> torch.Tensor:
+            batch = agent.current_batch()
+            assert batch is not None  # checked above: this agent has one
+            return batch
+
+        agent.before_update = lambda: start.update(monitor.batch_metrics(current_batch(), "start"))
         try:
             metrics, episodes = agent.iterate(diagnose)
         finally:
             agent.before_update = None
-        return {**metrics, **start, **monitor.batch_metrics(agent.current_batch(), "end")}, episodes
+        return {**metrics, **start, **monitor.batch_metrics(current_batch(), "end")}, episodes
 
     def loop(self) -> tuple[str, str]:
         """Iterate to the budget or a stop signal; returns (status, reason)."""
@@ -301,7 +309,9 @@ class Trainer:
                 metrics, episodes = self.iterate(diagnose)
                 batch = agent.env_steps - steps0
                 if self.monitor.probe is None and self.monitor.cfg.enabled:
-                    self.monitor.probe = agent.recent_inputs(self.probe_size).clone()
+                    recent = agent.recent_inputs(self.probe_size)
+                    assert recent is not None  # after an iteration, every agent has trained or acted on inputs
+                    self.monitor.probe = recent.clone()
                     atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
                 if diagnose:
                     metrics.update(self.monitor.collect())

@@ -50,7 +50,8 @@ def hidden_weight_layers(net: torch.nn.Module) -> int:
     count = 0
     for module in net.modules():
         children = list(module.children())
-        count += sum(layer_weight(a) is not None and type(b) in ACTIVATION_KINDS for a, b in zip(children, children[1:]))
+        count += sum(layer_weight(a) is not None and type(b) in ACTIVATION_KINDS
+                     for a, b in zip(children, children[1:]))
     return count
 
 

@@ -111,7 +111,8 @@ def test_dashboard_renders_in_headless_chromium_without_errors(runs_dir, tmp_pat
     assert "data-errors" not in body, body
     rendered = int(re.search(r'data-rendered="(\d+)"', body).group(1))
     assert rendered >= 10  # learning curve + diagnostics + heatmaps with data
-    console_errors = [l for l in dom.stderr.splitlines() if "CONSOLE" in l and ("Error" in l or "Uncaught" in l)]
+    console_errors = [line for line in dom.stderr.splitlines()
+                      if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
     assert not console_errors, console_errors
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"

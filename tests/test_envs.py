@@ -95,7 +95,7 @@ def test_episode_statistics_under_frame_skip_life_loss_and_clipping():
     env = make_vec_env("atari", cfg, seed=0)
     env.reset()
     rng = np.random.default_rng(0)
-    terminations, steps, raw_return, episodes = 0, 0, 0.0, []
+    terminations, steps, episodes = 0, 0, []
     while not episodes:
         step = env.step(rng.integers(0, 4, 1))
         terminations += int(step.terminated[0])

@@ -32,7 +32,8 @@ def mlp():
 def cnn():
     torch.manual_seed(0)
     return nn.Sequential(OrderedDict([("conv1", nn.Conv2d(1, 3, 2)), ("act1", nn.ReLU()), ("flatten", nn.Flatten()),
-                                      ("fc", nn.Linear(3 * 2 * 2, 2)), ("act_fc", nn.ReLU()), ("head", nn.Linear(2, 1))]))
+                                      ("fc", nn.Linear(3 * 2 * 2, 2)), ("act_fc", nn.ReLU()),
+                                      ("head", nn.Linear(2, 1))]))
 
 
 def adam_step(net, opt, x):
@@ -48,7 +49,7 @@ def test_insert_norms_puts_a_norm_before_each_activation():
     assert isinstance(net.norm_conv1, nn.GroupNorm) and net.norm_conv1.num_groups == 1
     assert isinstance(net.norm_fc, nn.LayerNorm)
     from plasticity.hooks import activation_layers
-    assert [l.name for l in activation_layers(net)] == ["conv1", "fc"]  # names skip the norm layers
+    assert [layer.name for layer in activation_layers(net)] == ["conv1", "fc"]  # names skip the norm layers
 
 
 def test_nap_keeps_each_weight_norm_at_its_initial_value_after_an_adam_step():
@@ -123,7 +124,8 @@ def test_redo_recycles_exactly_the_dormant_units_and_their_moments():
     assert not torch.equal(net.fc1.weight[1], old_in[1]) and not torch.equal(net.fc1.weight[3], old_in[3])
     assert torch.equal(net.fc1.weight[~dormant], old_in[~dormant])
     assert net.fc1.bias[dormant].abs().sum() == 0
-    assert net.fc2.weight[:, dormant].abs().sum() == 0 and torch.equal(net.fc2.weight[:, ~dormant], old_out[:, ~dormant])
+    assert net.fc2.weight[:, dormant].abs().sum() == 0
+    assert torch.equal(net.fc2.weight[:, ~dormant], old_out[:, ~dormant])
     assert opt.state[net.fc1.weight]["exp_avg"][dormant].abs().sum() == 0
     assert torch.equal(opt.state[net.fc1.weight]["exp_avg"][~dormant], m_in[~dormant])
     assert opt.state[net.fc2.weight]["exp_avg"][:, dormant].abs().sum() == 0

@@ -48,4 +48,5 @@ def test_rainbow_with_macros_learns_minatar_breakout_clearly_above_random(tmp_pa
     the primitives-only agent barely leaves random play within this budget (results/masp.md)."""
     random_return = random_policy_return("minatar", "Breakout")
     summary = train("minatar", ["--agent", "rainbow_macro", "--seed", "1", "--total-steps", "20000"], tmp_path, "macro")
-    assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), (summary["return_mean_last100"], random_return)
+    assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), \
+        (summary["return_mean_last100"], random_return)

@@ -29,7 +29,7 @@ def tiny_net():
 
 def test_layers_are_named_after_the_module_feeding_the_activation():
     net = tiny_net()
-    assert [(l.name, l.kind) for l in activation_layers(net)] == [("fc1", "relu"), ("fc2", "tanh")]
+    assert [(layer.name, layer.kind) for layer in activation_layers(net)] == [("fc1", "relu"), ("fc2", "tanh")]
     assert list(parameterised_layers(net)) == ["fc1", "fc2", "head"]
 
 
@@ -42,7 +42,7 @@ def test_capture_records_pre_and_post_activations_and_removes_its_hooks():
     assert kind == "relu"
     assert torch.equal(pre, torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]]))
     assert torch.equal(post, torch.relu(pre))
-    assert all(not l.module._forward_hooks for l in activation_layers(net))
+    assert all(not layer.module._forward_hooks for layer in activation_layers(net))
 
 
 def test_monitor_activation_metrics_hand_computed():

@@ -142,7 +142,8 @@ def test_trust_region_ratios_and_excess_ratio():
     # the last 5% of a 100-step run: steps >= 95
     assert excess_ratio_tail([10, 94, 95, 100], [9.0, 9.0, 2.0, 4.0], 100, min_points=2) == pytest.approx(3.0)
     # too few points in the window: the last min_points logged values, NaNs skipped
-    assert excess_ratio_tail([10, 50, 94, 95, 100], [1.0, 9.0, math.nan, 2.0, 4.0], 100, min_points=3) == pytest.approx(5.0)
+    assert excess_ratio_tail([10, 50, 94, 95, 100], [1.0, 9.0, math.nan, 2.0, 4.0], 100,
+                             min_points=3) == pytest.approx(5.0)
     assert math.isnan(excess_ratio_tail([10], [math.nan], 100))
 
 

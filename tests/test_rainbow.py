@@ -65,15 +65,18 @@ def test_c51_projection_hand_computed():
     m = project_distribution(p, torch.tensor([0.5]), torch.tensor([0.5]), support)
     assert m[0].tolist() == pytest.approx([0.1, 0.1 + 0.5 + 0.15, 0.15])
     # terminal (discount 0) with r = 3 clips to v_max; r landing on an atom keeps all mass there
-    assert project_distribution(p, torch.tensor([3.0]), torch.tensor([0.0]), support)[0].tolist() == pytest.approx([0, 0, 1])
-    assert project_distribution(p, torch.tensor([1.0]), torch.tensor([0.0]), support)[0].tolist() == pytest.approx([0, 1, 0])
+    terminal = torch.tensor([0.0])
+    assert project_distribution(p, torch.tensor([3.0]), terminal, support)[0].tolist() == pytest.approx([0, 0, 1])
+    assert project_distribution(p, torch.tensor([1.0]), terminal, support)[0].tolist() == pytest.approx([0, 1, 0])
     assert m.sum().item() == pytest.approx(1.0)
 
 
 def test_noisy_layer_uses_factorised_noise():
     layer = NoisyLinear(3, 2, sigma0=0.5)
     layer.reset_noise(torch.Generator().manual_seed(0))
-    f = lambda x: x.sign() * x.abs().sqrt()
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x.sign() * x.abs().sqrt()
+
     g = torch.Generator().manual_seed(0)
     assert torch.allclose(layer.eps_in, f(torch.randn(3, generator=g)))
     assert torch.allclose(layer.eps_out, f(torch.randn(2, generator=g)))

@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: small settings per suite, so that a run takes seconds
 TINY = {
-    "atari": ["--env", "Pong", "--set", "env.num_envs=4", "--set", "ppo.num_steps=128", "--set", "ppo.minibatch_size=256",
+    "atari": ["--env", "Pong", "--set", "env.num_envs=4", "--set", "ppo.num_steps=128",
+              "--set", "ppo.minibatch_size=256",
               "--set", "diagnostics.interval=2", "--set", "diagnostics.probe_size=512", "--total-steps", "1536"],
     "minatar": ["--env", "Breakout", "--set", "env.num_envs=4", "--set", "ppo.num_steps=32",
-                "--set", "ppo.minibatch_size=64", "--set", "diagnostics.interval=3", "--set", "diagnostics.probe_size=128",
+                "--set", "ppo.minibatch_size=64", "--set", "diagnostics.interval=3",
+                "--set", "diagnostics.probe_size=128",
                 "--set", "run.checkpoint_steps=1000", "--total-steps", "4096"],
     "classic": ["--set", "env.num_envs=4", "--set", "ppo.num_steps=32", "--set", "ppo.minibatch_size=64",
                 "--set", "diagnostics.interval=3", "--set", "diagnostics.probe_size=128",

@@ -14,7 +14,7 @@ and Q-network policies (DQN); the probe passes through the policy's deterministi
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ class PolicyProbe(nn.Module):
         self.policy = policy
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        policy = self.policy
+        policy: Any = self.policy  # an SB3 policy, its attributes found by hasattr below
         if hasattr(policy, "q_net"):  # DQN
             return policy.q_net(obs)
         if hasattr(policy, "get_distribution"):  # actor-critic
@@ -71,10 +71,12 @@ class PlasticityCallback(BaseCallback):
         if not isinstance(obs, np.ndarray) or filled == 0:
             return None
         flat = obs[:filled].reshape(-1, *obs.shape[2:])[: self.probe_size]
-        return self.model.policy.obs_to_tensor(flat)[0]
+        # obs_to_tensor gives a dict only for dict observations, and obs is an array here
+        return cast(torch.Tensor, self.model.policy.obs_to_tensor(flat)[0])
 
     def _on_rollout_end(self) -> None:
         monitor = self.monitor
+        assert monitor is not None  # SB3 calls _on_training_start before the first rollout ends
         if monitor.probe is None:
             monitor.probe = self._probe_observations()
         if monitor.tracking and monitor.probe is not None:  # a tracked training phase has just ended

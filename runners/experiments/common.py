@@ -205,7 +205,8 @@ def accuracy_table(stream: str, arms: list[Arm], acc: dict[str, np.ndarray], run
 
 
 def table_header() -> list[str]:
-    return [f"| stream | arm | accuracy, all tasks | accuracy, first tasks | accuracy, last tasks | change | {END_HEADER} |",
+    return ["| stream | arm | accuracy, all tasks | accuracy, first tasks | accuracy, last tasks | change "
+            f"| {END_HEADER} |",
             "|---|---|---|---|---|---|---|---|---|"]
 
 

@@ -93,7 +93,9 @@ def similarity_changes(run_dirs) -> tuple[dict[str, list[np.ndarray]], list[str]
             continue
         game = label.split()[-1]
         state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["agent"]
-        delta = (similarity(learned_logits(state)) - similarity(overlap_init(state["actions"]))).numpy()
+        learned = learned_logits(state)
+        assert learned is not None  # a MASP run's checkpoint holds W
+        delta = (similarity(learned) - similarity(overlap_init(state["actions"]))).numpy()
         changes.setdefault(game, []).append(delta)
         names = action_names(state["actions"])
         up, down = np.unravel_index(delta.argmax(), delta.shape), np.unravel_index(delta.argmin(), delta.shape)
@@ -151,7 +153,8 @@ def masp(args) -> None:
             res[label] = (f, fh)
             lines.append(f"| {suite} | {game} | {setting.steps} | {label} | {f:.2f} ± {fh:.2f} | {a:.2f} ± {ah:.2f} |")
         if suite == "minatar":
-            lines.append(f"| {suite} | {game} | - | uniformly random actions | {random_policy_return(suite, game):.2f} | |")
+            lines.append(f"| {suite} | {game} | - | uniformly random actions "
+                         f"| {random_policy_return(suite, game):.2f} | |")
         masp_vs_naive.append(interval_order(res[MASP], res[NAIVE]))
         verdicts.append(f"- {suite} {game}: MASP {BEATS[masp_vs_naive[-1]]} naive macros ({res[MASP][0]:.2f} vs "
                         f"{res[NAIVE][0]:.2f}); against primitives ({res[PRIMITIVES][0]:.2f}) it "
@@ -162,8 +165,10 @@ def masp(args) -> None:
     changes, drift_lines = similarity_changes(all_dirs)
     state = load_checkpoint(source / "checkpoints" / "latest.pt")["agent"]
     names = action_names(state["actions"])
+    learned = learned_logits(state)
+    assert learned is not None  # a MASP run's checkpoint holds W
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, mat, title, cmap in ((axes[0], similarity(learned_logits(state)).numpy(), "learned S", "viridis"),
+    for ax, mat, title, cmap in ((axes[0], similarity(learned).numpy(), "learned S", "viridis"),
                                  (axes[1], changes[SOURCE_GAME][0], "S minus its initialisation", "coolwarm")):
         lim = float(np.abs(mat).max()) or 1.0
         im = ax.imshow(mat, cmap=cmap, **({"vmin": -lim, "vmax": lim} if cmap == "coolwarm" else {}))

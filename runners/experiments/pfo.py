@@ -322,7 +322,8 @@ def pfo(args) -> None:
               ("A linear softmax policy, two states with features x and y = 3x, SGD (step 1.5) on the clipped "
               f"surrogate of action 1 (advantage +1, eps {TOY_EPS}), x and y in turn, the paper code's seed-1 draws "
               f"(`plasticity.policy.clipped_ratio_escape_toy`, tested in tests/test_ppo_losses.py). The ratio on y "
-              f"passes 1 + eps after step {next(i for i, r in enumerate(ry) if r > 1 + TOY_EPS)}, yet the steps on x push "
+              f"passes 1 + eps after step {next(i for i, r in enumerate(ry) if r > 1 + TOY_EPS)}, "
+              "yet the steps on x push "
               f"it on to {ry[-1]:.3f} (x ends at {rx[-1]:.3f}): "
               "clipping stops y's own gradient, not the interference through the shared weights."), "",
               "## Tables", "",

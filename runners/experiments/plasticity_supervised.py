@@ -68,8 +68,8 @@ def plasticity_supervised(args) -> None:
             ax.set(title=title, xlabel="task")
         png = save_figure(fig, f"plasticity_{stream}{suffix}.png")
         lines += [f"![{stream}](figures/{png.name})", ""]
-        rows, summary = accuracy_table(stream, arms, acc, run_dirs, seeds, k)
-        table += rows
+        table_rows, summary = accuracy_table(stream, arms, acc, run_dirs, seeds, k)
+        table += table_rows
         base_last, base_last_half, base_change, base_change_half = summary[BASELINE]
         plain_drop = base_change + base_change_half < 0
         kept = {a: summary[a][0] - summary[a][1] > base_last + base_last_half for a in INTERVENTIONS}

@@ -59,7 +59,7 @@ RL_EPS_DECAY_STEPS = 25000  # epsilon decayed over a share of the short budget
 RL_AGENTS = ("dqn", "dqn_soft_reset")
 
 
-def update_cost(repeats: int = 5, steps: int = 200) -> list[tuple[float, float]]:
+def update_cost(repeats: int = 5, steps: int = 200) -> list[tuple[float, ...]]:
     """Seconds per update of Adam and of SoftReset(Adam) on the supervised MLP, alternated."""
     import torch
     import torch.nn.functional as F
@@ -138,7 +138,8 @@ def soft_reset(args) -> None:
     first = {lay: float(np.mean([np.mean(m[f"soft_reset/gamma_first/{lay}"][1:]) for m in metrics])) for lay in layers}
     last = {lay: float(np.mean([np.mean(m[f"soft_reset/gamma_last/{lay}"]) for m in metrics])) for lay in layers}
     lines += ["## gamma per layer over the stream", "", f"![gamma](figures/{png.name})", "",
-              "| layer | mean gamma at the first step of a task (tasks 2..) | mean gamma at the last step |", "|---|---|---|",
+              "| layer | mean gamma at the first step of a task (tasks 2..) | mean gamma at the last step |",
+              "|---|---|---|",
               *[f"| {lay} | {first[lay]:.4f} | {last[lay]:.4f} |" for lay in layers], ""]
     dips = all(first[lay] < last[lay] for lay in layers)
     lines += [(f"gamma {'dips at task boundaries in every layer' if dips else 'does not dip at every layer boundary'} "
@@ -186,7 +187,8 @@ def soft_reset(args) -> None:
             lines.append(f"| {game} | {agent} | {final[0]:.2f} ± {final[1]:.2f} | {auc[0]:.2f} ± {auc[1]:.2f} |")
         walls = {agent: [summary_of(rl_dirs[(arm.label, s)])["wall_time_s"] for s in seeds]
                  for agent, arm in rl_arms.items()}
-        wall_ratios.append(f"{game} {statistics.median(walls['dqn_soft_reset']) / statistics.median(walls['dqn']):.2f}x")
+        wall_ratios.append(
+            f"{game} {statistics.median(walls['dqn_soft_reset']) / statistics.median(walls['dqn']):.2f}x")
         rl_verdicts.append((game, finals, f"![{game}](figures/{png.name})"))
     lines += ["", ("Wall time of a whole DQN run with soft reset over one without (median over seeds, the two "
               f"arms run side by side on the same cores): {', '.join(wall_ratios)}."), ""]
