@@ -155,9 +155,9 @@ class SoftReset:
 
     def proximal_term(self, anchors: list[Tensor], gammas: list[Tensor]) -> Tensor:
         """1/(2B) sum_i (theta_i - theta~_i)^2 / v_i: the prior's share of the per-sample objective (4.)."""
-        total = sum(((p - a) ** 2 / self.prior_var(g, i)).sum()
-                    for i, (p, a, g) in enumerate(zip(self.params, anchors, gammas)))
-        return 0.5 * total / self.batch_size
+        terms = [((p - a) ** 2 / self.prior_var(g, i)).sum()
+                 for i, (p, a, g) in enumerate(zip(self.params, anchors, gammas))]
+        return 0.5 * torch.stack(terms).sum() / self.batch_size
 
     def gamma_summary(self) -> dict[str, float]:
         """Mean gamma per layer (per-parameter gammas are averaged within their layer)."""

@@ -307,7 +307,8 @@ def test_a_replay_that_cannot_fit_is_refused_before_it_is_allocated(tmp_path, ca
     import agents.replay
     from runners.cli import main
     monkeypatch.setattr(agents.replay, "available_memory", lambda device: 8 * 10**9)
-    rc = main("atari", ["--agent", "rainbow_macro", "--env", "Asterix", "--results-dir", str(tmp_path), "--no-progress"])
+    rc = main("atari", ["--agent", "rainbow_macro", "--env", "Asterix", "--results-dir", str(tmp_path),
+                        "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "the replay buffer" in err and "needs 28.2 GB but 8.0 GB of cpu memory is available" in err
@@ -347,9 +348,11 @@ def test_replay_agents_on_atari_use_their_own_protocol_not_pfos(agent):
     """configs/rainbow.yaml and configs/dqn.yaml convert frames at frame skip 4 (Hessel et al. 2018 /
     Mnih et al. 2015); PPO keeps the PFO paper's frame skip 3, sticky actions and 8 environments."""
     from runners.rundir import config_files, resolve
-    env = resolve("atari", get_agent_spec(agent, "atari"), config_files("atari", get_agent_spec(agent, "atari")),
-                  [])[0]["env"]
+    def atari_env(name):
+        spec = get_agent_spec(name, "atari")
+        return resolve("atari", spec, config_files("atari", spec), [])[0]["env"]
+
+    env = atari_env(agent)
     assert (env.frame_skip, env.sticky_action_prob, env.noop_max, env.num_envs) == (4, 0.0, 30, 1)
-    ppo = resolve("atari", get_agent_spec("ppo_pfo", "atari"), config_files("atari", get_agent_spec("ppo_pfo", "atari")),
-                  [])[0]["env"]
+    ppo = atari_env("ppo_pfo")
     assert (ppo.frame_skip, ppo.sticky_action_prob, ppo.num_envs) == (3, 0.25, 8)

@@ -24,6 +24,7 @@ RESULTS = REPO / "results"
 #: verdict words by interval_order(a, b), one set per kind of sentence
 BEATS = {1: "beats", 0: "is not distinguishable from", -1: "is worse than"}
 BETTER = {1: "is better", 0: "is not distinguishable", -1: "is worse"}
+ENDS = {1: "ends above", 0: "is not distinguishable from", -1: "ends below"}
 
 
 def config_value(file: str, key: str):

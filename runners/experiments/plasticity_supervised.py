@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from runners.experiments.common import (
+    ENDS,
     Arm,
     accuracy_table,
     curves,
+    interval_order,
     learner,
     machine_line,
     mlp_name,
@@ -72,12 +74,13 @@ def plasticity_supervised(args) -> None:
         table += table_rows
         base_last, base_last_half, base_change, base_change_half = summary[BASELINE]
         plain_drop = base_change + base_change_half < 0
-        kept = {a: summary[a][0] - summary[a][1] > base_last + base_last_half for a in INTERVENTIONS}
+        kept = {a: interval_order(summary[a][:2], (base_last, base_last_half)) for a in INTERVENTIONS}
         verdicts.append(f"- **{stream}**: plain online training "
                         + ("loses plasticity (per-task accuracy falls, the interval of the change excludes 0)"
                            if plain_drop else "does *not* show a significant fall of per-task accuracy here")
-                        + "; " + "; ".join(f"{a} {'keeps clearly more' if v else 'is not clearly better by the end'}"
-                                           for a, v in kept.items()) + ".")
+                        + "; " + "; ".join(f"{a} {ENDS[order]} plain online at the last tasks ({summary[a][0]:.3f} ± "
+                                           f"{summary[a][1]:.3f} vs {base_last:.3f} ± {base_last_half:.3f})"
+                                           for a, order in kept.items()) + ".")
     lines += ["## Table", "", *table, "",
               (f"First/last tasks: mean training accuracy over the first/last {k} tasks. Change: last minus first, "
               "per seed. End columns: the last diagnostics row of each run."), "",
