@@ -93,8 +93,9 @@ class PrioritizedReplay(ReplayBuffer):
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
                  device: torch.device, frame_stack: bool, n_step: int, alpha: float, eps: float,
-                 capacity_field: str = "buffer_size"):
-        super().__init__(capacity, num_envs, obs_shape, obs_dtype, device, frame_stack, capacity_field)
+                 capacity_field: str = "buffer_size", frames_per_step: bool = False):
+        super().__init__(capacity, num_envs, obs_shape, obs_dtype, device, frame_stack, capacity_field,
+                         frames_per_step)
         self.n_step, self.alpha, self.eps = n_step, alpha, eps
         self.tree = SumTree(self.rows * num_envs)
 

@@ -198,7 +198,7 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
     section = "rainbow"
     config_class = RainbowConfig
     STATE_KEYS = (*OffPolicyAgent.STATE_KEYS, "np_rng", "masp", "num_primitives", "actions", "decide",
-                  "pending_action", "pending_obs", "pending_valid")
+                  "pending_action", "pending_obs", "pending_valid", "pending_frame", "step_done")
     UNSUPPORTED_INTERVENTIONS = {"redo": "ReDo recycles the units of one nn.Sequential; Rainbow's trunk feeds "
                                          "two heads"}
     q: RainbowNet
@@ -208,6 +208,8 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
     pending_action: Tensor
     pending_obs: Tensor
     pending_valid: Tensor
+    pending_frame: Tensor  # with macros: the frame id of each pending decision's observation
+    step_done: Tensor
 
     def __init__(self, cfg: RainbowConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
                  interventions: Interventions):
@@ -229,11 +231,11 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
         cfg = self.cfg
         return PrioritizedReplay(cfg.buffer_size, self.num_envs, obs_shape, obs_dtype, self.device,
                                  self.single_frame_storage(), cfg.n_step, cfg.priority_alpha, cfg.priority_eps,
-                                 f"{self.section}.buffer_size")
+                                 f"{self.section}.buffer_size", frames_per_step=self.has_macros)
 
-    def single_frame_storage(self) -> bool:
-        """As plain Rainbow's, and only with primitives: a macro's row spans several frames."""
-        return super().single_frame_storage() and len(self.actions) == self.num_primitives
+    @property
+    def has_macros(self) -> bool:
+        return len(self.actions) > self.num_primitives
 
     def setup(self, networks: dict[str, nn.Module]) -> None:
         super().setup(networks)
@@ -321,11 +323,18 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
         self.pending_obs = torch.where(self.decide.to(self.device).view(-1, *[1] * (self.next_obs.dim() - 1)),
                                        self.next_obs, self.pending_obs)
         self.pending_valid = torch.where(self.decide, ~self.prev_done, self.pending_valid)
+        frames = self.replay.frames is not None
+        if frames:  # with macros the row points at its decision's frame
+            self.pending_frame = torch.where(self.decide, self.replay.newest_frames(), self.pending_frame)
         step = self.envs.step(actions.numpy())
         done = torch.from_numpy(step.terminated | step.truncated)
         completed = torch.from_numpy(step.completed)
+        if frames:  # the observation after an episode's end (the autoreset step's) starts the next episode
+            self.replay.push_frames(torch.from_numpy(step.obs).to(self.device), self.step_done)
+        self.step_done = done
         if completed.any():
-            self.replay.add(self.pending_obs, actions.to(self.device), torch.from_numpy(step.reward).to(self.device),
+            self.replay.add(self.pending_frame if frames else self.pending_obs, actions.to(self.device),
+                            torch.from_numpy(step.reward).to(self.device),
                             torch.from_numpy(step.terminated).to(self.device),
                             torch.from_numpy(step.truncated).to(self.device), self.pending_valid.to(self.device),
                             torch.from_numpy(step.steps).to(self.device), mask=completed)
@@ -358,6 +367,10 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
         self.pending_action = torch.zeros(self.num_envs, dtype=torch.long)
         self.pending_obs = self.next_obs.clone()
         self.pending_valid = torch.ones(self.num_envs, dtype=torch.bool)
+        self.pending_frame = torch.zeros(self.num_envs, dtype=torch.long)
+        self.step_done = torch.zeros(self.num_envs, dtype=torch.bool)  # the last primitive step ended an episode
+        if self.replay.frames is not None:
+            self.replay.push_frames(self.next_obs, torch.ones(self.num_envs, dtype=torch.bool))
 
 
 class HeadsView(nn.Module):

@@ -12,7 +12,11 @@ is needed.
 only the newest frame of each observation is stored and stacks are rebuilt from the ring: the
 frames of rows t-3 .. t, with the first frame of the episode repeated before its start, exactly
 as the environment built them. 1M Atari transitions then take 1M x 84 x 84 bytes = 7.1 GB
-instead of 28 GB.
+instead of 28 GB. With macro-actions a row spans several primitive steps, so the frames of its
+stack are not those of earlier rows: every primitive frame then goes into a :class:`FrameRing`
+(one per environment, with the episode starts marked) and each row points at its observation's
+newest frame. ``buffer_size`` then counts frames (the same memory); a row whose frames were
+overwritten is no longer sampled.
 
 **n-step targets** follow the episode: rewards are summed with discount gamma^k per row until
 the n-th row or the end of the episode; a terminated episode does not bootstrap, a truncated
@@ -30,7 +34,8 @@ from torch import Tensor
 
 from configs import ConfigError
 
-STATE_KEYS = ("obs", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row", "size")
+STATE_KEYS = ("obs", "frame_id", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row",
+              "size")
 
 
 class ReplaySample(NamedTuple):
@@ -66,11 +71,69 @@ def check_fits(nbytes: int, device: torch.device, what: str, field: str) -> None
                           f"is available; lower {field}")
 
 
+class FrameRing:
+    """Every primitive frame of each environment, in order, with the first frame of each episode marked.
+
+    Frames have absolute ids per environment (0, 1, ... as written); the ring keeps the newest
+    ``capacity``. A stack ending at frame f holds frames f-stack+1 .. f, with the episode's first
+    frame repeated before its start, as the environment builds it.
+    """
+
+    def __init__(self, capacity: int, num_envs: int, frame_shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device, stack: int):
+        self.capacity, self.num_envs, self.stack, self.device = capacity, num_envs, stack, device
+        self.frames = torch.zeros((capacity, num_envs, *frame_shape), dtype=dtype, device=device)
+        self.first = torch.zeros((capacity, num_envs), dtype=torch.bool, device=device)
+        self.count = torch.zeros(num_envs, dtype=torch.long)  # frames written per environment
+
+    def push(self, obs: Tensor, first: Tensor) -> None:
+        """The newest frame of every environment's observation (``obs``: (envs, stack, ...)); ``first``
+        marks the observations that start an episode."""
+        pos = (self.count % self.capacity).to(self.device)
+        envs = torch.arange(self.num_envs, device=self.device)
+        self.frames[pos, envs] = obs[:, -1]
+        self.first[pos, envs] = first.to(self.device)
+        self.count += 1
+
+    def newest(self) -> Tensor:
+        """The id of each environment's newest frame."""
+        return self.count - 1
+
+    def intact(self, ids: Tensor, envs: Tensor) -> Tensor:
+        """Whether every frame of the stacks ending at ``ids`` is still held (CPU tensors)."""
+        return self.count[envs] - (ids - (self.stack - 1)) <= self.capacity
+
+    def stacks(self, ids: Tensor, envs: Tensor) -> Tensor:
+        """The observations whose newest frames are ``ids`` (device tensors)."""
+        frames = [self.frames[ids % self.capacity, envs]]
+        earliest = ids.clone()
+        broken = torch.zeros_like(ids, dtype=torch.bool)
+        for back in range(1, self.stack):
+            c = ids - back
+            # frame c belongs to an earlier episode once frame c + 1 starts one
+            broken = broken | (c < 0) | self.first[(c + 1) % self.capacity, envs]
+            earliest = torch.where(broken, earliest, c)
+            frames.append(self.frames[earliest % self.capacity, envs])
+        return torch.stack(frames[::-1], dim=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames.cpu(), "first": self.first.cpu(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frames.copy_(state["frames"])
+        self.first.copy_(state["first"])
+        self.count.copy_(state["count"])
+
+
 class ReplayBuffer:
     """Uniform replay over ``capacity`` rows (summed over environments)."""
 
     def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype,
-                 device: torch.device, frame_stack: bool = False, capacity_field: str = "buffer_size"):
+                 device: torch.device, frame_stack: bool = False, capacity_field: str = "buffer_size",
+                 frames_per_step: bool = False):
+        """``frame_stack``: store single frames and rebuild the stacks; with ``frames_per_step`` (rows
+        of several primitive steps: macros) the frames of every step go into a :class:`FrameRing`
+        that the agent fills with :meth:`push_frames`, and :meth:`add` takes each row's frame id."""
         self.rows = max(2, capacity // num_envs)
         self.num_envs = num_envs
         self.device = device
@@ -78,9 +141,12 @@ class ReplayBuffer:
         self.stack = obs_shape[0] if frame_stack else 1
         stored = obs_shape[1:] if frame_stack else obs_shape
         per_row = math.prod(stored) * torch.empty(0, dtype=obs_dtype).element_size() + 8 + 4 + 8 + 3  # + action,
-        check_fits(self.rows * num_envs * per_row, device,  # reward, steps, three flags
+        check_fits(self.rows * num_envs * (per_row + 9 * frames_per_step), device,  # reward, steps, 3 flags
                    f"the replay buffer ({self.rows * num_envs:,} rows of {tuple(stored)} {obs_dtype})", capacity_field)
-        self.obs = torch.zeros((self.rows, num_envs, *stored), dtype=obs_dtype, device=device)
+        self.frames = FrameRing(self.rows, num_envs, tuple(stored), obs_dtype, device, self.stack) \
+            if frame_stack and frames_per_step else None
+        self.obs = torch.zeros((0 if self.frames else self.rows, num_envs, *stored), dtype=obs_dtype, device=device)
+        self.frame_id = torch.zeros((self.rows if self.frames else 0, num_envs), dtype=torch.long, device=device)
         self.actions = torch.zeros((self.rows, num_envs), dtype=torch.long, device=device)
         self.rewards = torch.zeros((self.rows, num_envs), device=device)
         self.steps = torch.ones((self.rows, num_envs), dtype=torch.long, device=device)
@@ -90,14 +156,24 @@ class ReplayBuffer:
         self.next_row = torch.zeros(num_envs, dtype=torch.long)
         self.size = torch.zeros(num_envs, dtype=torch.long)  # rows written per ring, at most self.rows
 
+    def push_frames(self, obs: Tensor, first: Tensor) -> None:
+        """Every primitive step's observation (and whether it starts an episode), with ``frames_per_step``."""
+        assert self.frames is not None
+        self.frames.push(obs, first)
+
     def add(self, obs: Tensor, actions: Tensor, rewards: Tensor, terminated: Tensor, truncated: Tensor,
             valid: Tensor, steps: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """Write one row for every environment (or those in ``mask``); returns the flat indices written."""
+        """Write one row for every environment (or those in ``mask``); returns the flat indices written.
+        With ``frames_per_step``, ``obs`` holds the id of each row's newest frame (:meth:`newest_frames`
+        when the agent decided)."""
         envs = torch.arange(self.num_envs) if mask is None else torch.nonzero(mask.cpu()).squeeze(1)
         rows = self.next_row[envs]
         d_rows, d_envs = rows.to(self.device), envs.to(self.device)
         sel = d_envs if mask is not None else slice(None)
-        self.obs[d_rows, d_envs] = (obs[:, -1] if self.stack > 1 else obs)[sel]
+        if self.frames is not None:
+            self.frame_id[d_rows, d_envs] = obs.to(self.device)[sel]
+        else:
+            self.obs[d_rows, d_envs] = (obs[:, -1] if self.stack > 1 else obs)[sel]
         self.actions[d_rows, d_envs] = actions[sel]
         self.rewards[d_rows, d_envs] = rewards[sel].float()
         self.steps[d_rows, d_envs] = steps[sel] if steps is not None else 1
@@ -115,12 +191,20 @@ class ReplayBuffer:
         """Per ring: rows older than this cannot be sampled (their frame stack may be overwritten)."""
         return self.size - (self.stack - 1 if int(self.size.min()) == self.rows else 0)
 
+    def newest_frames(self) -> Tensor:
+        """The id of each environment's newest frame (``frames_per_step``): the observation acted on now."""
+        assert self.frames is not None
+        return self.frames.newest()
+
     def _ok(self, rows: Tensor, envs: Tensor, n_step: int) -> Tensor:
         """The one sampling rule, for CPU (rows, envs) index tensors of any shape: the row has ``n_step``
         following rows, its frame stack is intact, and it is not a reset transition."""
         age = (self.next_row[envs] - 1 - rows) % self.rows  # 0 = newest
         ok = (age >= n_step) & (age < self._max_age()[envs])
-        return ok & self.valid[rows.to(self.device), envs.to(self.device)].cpu()
+        d_rows, d_envs = rows.to(self.device), envs.to(self.device)
+        if self.frames is not None:
+            ok = ok & self.frames.intact(self.frame_id[d_rows, d_envs].cpu(), envs)
+        return ok & self.valid[d_rows, d_envs].cpu()
 
     def sampleable(self, n_step: int) -> Tensor:
         """Boolean (rows, envs) mask of the rows that :meth:`sample` may return."""
@@ -171,6 +255,8 @@ class ReplayBuffer:
         """
         if self.stack == 1:
             return self.obs[rows, envs]
+        if self.frames is not None:
+            return self.frames.stacks(self.frame_id[rows, envs], envs)
         frames = [self.obs[rows, envs]]
         earliest = rows.clone()
         broken = torch.zeros_like(rows, dtype=torch.bool)
@@ -199,11 +285,14 @@ class ReplayBuffer:
                             self.observation(boot_row, envs), discount, flat, self.age_of(flat))
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k).cpu() for k in STATE_KEYS}
+        state = {k: getattr(self, k).cpu() for k in STATE_KEYS}
+        return state | {"frames": self.frames.state_dict()} if self.frames is not None else state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in STATE_KEYS:
             getattr(self, k).copy_(state[k])
+        if self.frames is not None:
+            self.frames.load_state_dict(state["frames"])
 
 
 def action_traces(state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -302,40 +302,56 @@ def test_macros_are_mined_from_a_runs_replay_in_time_order(tmp_path, capsys):
 
 
 def test_a_replay_that_cannot_fit_is_refused_before_it_is_allocated(tmp_path, capsys, monkeypatch):
-    """rainbow_macro on Atari stores full 4-frame stacks (1M x 4 x 84 x 84 bytes = 28 GB): with 8 GB
-    available the run stops at start-up with one line (size, memory available, field to lower), exit 2."""
+    """rainbow_macro on Atari stores single frames (1M x 84 x 84 bytes, 7.1 GB; full stacks were 28 GB):
+    with 4 GB available the run stops at start-up with one line (size, memory available, field to lower)."""
     import agents.replay
     from runners.cli import main
-    monkeypatch.setattr(agents.replay, "available_memory", lambda device: 8 * 10**9)
+    monkeypatch.setattr(agents.replay, "available_memory", lambda device: 4 * 10**9)
     rc = main("atari", ["--agent", "rainbow_macro", "--env", "Asterix", "--results-dir", str(tmp_path),
                         "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
-    assert "the replay buffer" in err and "needs 28.2 GB but 8.0 GB of cpu memory is available" in err
+    assert "the replay buffer" in err and "needs 7.1 GB but 4.0 GB of cpu memory is available" in err
     assert "lower rainbow.buffer_size" in err
     assert not any(tmp_path.rglob("run.json")), "a refused run left a run directory"
 
 
 @pytest.mark.parametrize("suite,agent", [("minatar", "rainbow"), ("minatar", "dqn"), ("atari", "rainbow"),
-                                         ("atari", "dqn"), ("atari", "rainbow_macro")])
+                                         ("atari", "dqn"), ("atari", "rainbow_macro"), ("minatar", "rainbow_macro")])
 def test_replay_returns_the_observations_the_agent_acted_on(suite, agent):
     """MinAtar's channels are objects (paddle, ball, trail, bricks), not stacked frames: its replay must
     store whole observations (it stored the bricks channel only and rebuilt "stacks" from it). Atari's
-    frame stacks are stored as single frames, for DQN too (primitives only: macro rows span frames)."""
+    frame stacks are stored as single frames, for DQN too; with macros, every primitive frame goes
+    into a frame ring and each row's decision observation is rebuilt from it, across episode ends
+    (a 30-frame episode cap makes them frequent)."""
     from runners.rundir import config_files, make_agent, resolve
     spec = get_agent_spec(agent, suite)
     section = spec.family
-    sections, _ = resolve(suite, spec, config_files(suite, spec),
-                          [("env.num_envs", "2"), (f"{section}.buffer_size", "200"),
-                           (f"{section}.learning_starts", "100000"), (f"{section}.iteration_steps", "2")])
+    sets = [("env.num_envs", "2"), (f"{section}.buffer_size", "64"), (f"{section}.learning_starts", "100000"),
+            (f"{section}.iteration_steps", "2")]
+    if suite == "atari":
+        sets.append(("env.max_episode_frames", "120"))
+    sections, _ = resolve(suite, spec, config_files(suite, spec), sets)
     learner = make_agent(spec, sections, make_vec_env(suite, sections["env"], 0), torch.device("cpu"), 0)
-    for _ in range(20):
+    checked = 0
+    for _ in range(120):  # the 32-row rings wrap: the oldest rows' frames are overwritten
         acted_on = learner.next_obs.clone()
         learner.collect_step()
-    if agent != "rainbow_macro":  # a macro's row is written when it completes, with its decision's observation
-        assert torch.equal(learner.replay.recent(2), acted_on)
-    expected_stack = 4 if (suite, agent) in (("atari", "rainbow"), ("atari", "dqn")) else 1
+        if agent != "rainbow_macro":
+            assert torch.equal(learner.replay.recent(2), acted_on)
+            checked += 2
+            continue
+        for e in torch.nonzero(torch.from_numpy(np.asarray(learner.decide))).flatten().tolist():
+            row = int(learner.replay.next_row[e] - 1) % learner.replay.rows  # the row written just now
+            stored = learner.replay.observation(torch.tensor([row]), torch.tensor([e]))[0]
+            assert torch.equal(stored, learner.pending_obs[e]), (e, row)
+            checked += 1
+    assert checked > 50
+    expected_stack = 4 if suite == "atari" else 1
     assert learner.replay.stack == expected_stack
+    if agent == "rainbow_macro" and suite == "atari":  # frames overwritten: their rows leave the sampling rule
+        ok = learner.replay.sampleable(0)
+        assert 0 < int(ok.sum()) < learner.replay.rows * 2
 
 
 def get_agent_spec(agent, suite):
