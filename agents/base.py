@@ -151,19 +151,23 @@ class Agent(ABC, Generic[ConfigT]):
         return ("iteration", "env_steps", *self.STATE_KEYS)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"networks": {name: net.state_dict() for name, net in self.networks().items()},
+        """Each network's state under its name, the optimisers' under ``optimizers``, then the attributes."""
+        networks = self.networks()
+        clash = set(networks) & {"optimizers", *self.checkpointed()}
+        if clash:
+            raise TypeError(f"{type(self).__name__}: network names {sorted(clash)} clash with checkpointed attributes")
+        return {**{name: net.state_dict() for name, net in networks.items()},
                 "optimizers": [opt.state_dict() for opt in self.optimizers()],
                 **{key: export_state(getattr(self, key)) for key in self.checkpointed()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = [key for key in ("networks", "optimizers", *self.checkpointed()) if key not in state]
         networks, optimizers = self.networks(), self.optimizers()
-        if missing or state["networks"].keys() != networks.keys() or len(state["optimizers"]) != len(optimizers):
+        missing = [key for key in (*networks, "optimizers", *self.checkpointed()) if key not in state]
+        if missing or len(state["optimizers"]) != len(optimizers):
             raise ConfigError(f"the checkpoint does not hold the state of a {type(self).__name__} agent like this one "
-                              f"(missing: {', '.join(missing) or 'none'}; networks: "
-                              f"{', '.join(state.get('networks', {}))}): it was written by another agent or version")
+                              f"(missing: {', '.join(missing) or 'none'}): it was written by another agent or version")
         for name, net in networks.items():
-            net.load_state_dict(state["networks"][name])
+            net.load_state_dict(state[name])
         for opt, saved in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(saved)
         for key in self.checkpointed():
