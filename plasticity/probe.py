@@ -5,7 +5,7 @@ them to every checkpoint of a run (see runners/probe.py):
 
     python -m runners.probe RUN_DIR                      # capacity probe on every checkpoint
     python -m runners.probe RUN_DIR --kind plasticity    # plasticity probe
-    python -m runners.probe RUN_DIR --every 4 --epochs 35
+    python -m runners.probe RUN_DIR --every 4 --epochs 70
 
 Both train a *copy* of each network of a checkpoint on a fixed dataset (the run's probe batch:
 observations collected by the initial policy) and report its loss; a higher loss later in
@@ -25,8 +25,8 @@ annealing; the reported loss is that of the last minibatch. Where it differs:
 
 * **dataset**: the PFO code rolls the initial policy out in one environment for an evaluation
   episode budget (36,000 agent steps on Atari: 140 minibatches of 256); here it is the run's
-  probe batch (``diagnostics.probe_size``, e.g. 1,024 observations over 8 environments on
-  Atari: 4 minibatches an epoch). ``--epochs 35`` gives the PFO code's 140 steps on Atari, over
+  probe batch (``diagnostics.probe_size``, e.g. 512 observations over 8 environments on
+  Atari: 2 minibatches an epoch). ``--epochs 70`` gives the PFO code's 140 steps on Atari, over
   repeated passes of the smaller dataset; ``--steps`` sets the number of minibatch steps itself.
 * the policy and the value network are fitted one after the other, each with its own Adam and
   clip; the PFO code sums their two losses in one backward pass, which is the same update
