@@ -59,12 +59,22 @@ def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
     return spec.make(cfg, spec.canonical_id(cfg.id), seed)
 
 
-def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0) -> float:
-    """Mean return of uniformly random actions over ``episodes`` episodes (MinAtar and classic control)."""
+def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0,
+                         cfg: EnvConfig | None = None) -> float:
+    """Mean (unclipped) return of uniformly random actions over ``episodes`` episodes.
+
+    ``cfg``: the environment protocol to measure under (an agent's resolved ``env`` section, e.g. Atari's frame
+    skip and no-ops); by default MinAtar's and classic control's plain one, 8 environments.
+    """
+    import dataclasses
+
     import numpy as np
-    cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
-                    sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
-                    max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+    if cfg is None:
+        cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
+                        sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
+                        max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+    else:
+        cfg = dataclasses.replace(cfg, id=env_id, episodic_life=False, reward_clip=False)
     env = make_vec_env(suite, cfg, seed)
     env.reset()
     rng = np.random.default_rng(seed)
