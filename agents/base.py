@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -10,10 +11,19 @@ from torch import Tensor, nn
 
 from configs import ConfigError
 from envs import Episode
+from plasticity.hooks import Inputs
 from plasticity.interventions import Interventions
 from plasticity.monitor import DiagnosticsConfig, PlasticityMonitor
 
 ConfigT = TypeVar("ConfigT")
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation phase returns: scalars (logged under ``eval/``) and a JSON-able record of the
+    details (e.g. return per task and episode index), kept in the run's ``eval.json``."""
+    metrics: dict[str, float]
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,19 +61,28 @@ class Agent(ABC, Generic[ConfigT]):
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
     #: intervention name -> why this agent cannot apply it (refused at start-up)
     UNSUPPORTED_INTERVENTIONS: ClassVar[dict[str, str]] = {}
-    #: agent steps (summed over environments) that one iteration collects
+    #: config sections the agent reads besides its own (name -> dataclass), e.g. an offline agent's
+    #: ``dataset``; they join the run's config (files, --set, config.yaml) and reach ``self.sections``
+    SECTIONS: ClassVar[dict[str, type]] = {}
+    #: what ``env_steps`` and the budget count: agent steps (online agents) or gradient updates (offline)
+    budget_unit: ClassVar[str] = "step"
+    #: budget units (``env_steps``) that one iteration advances
     steps_per_iteration: int
     #: set by the runner: called on diagnostics iterations once the batch is collected, before the update
     before_update: Callable[[], None] | None = None
 
     def __init__(self, cfg: ConfigT, envs: Any, device: torch.device, total_steps: int, seed: int,
-                 interventions: Interventions):
+                 interventions: Interventions, sections: dict[str, Any] | None = None):
         refused = [n for n in interventions.names if n in self.UNSUPPORTED_INTERVENTIONS]
         if refused:
             supported = [n for n in interventions.available() if n not in self.UNSUPPORTED_INTERVENTIONS]
             raise ConfigError(f"{type(self).__name__} does not support the intervention '{refused[0]}' "
                               f"({self.UNSUPPORTED_INTERVENTIONS[refused[0]]}); it supports: {', '.join(supported)}")
+        missing = [name for name in self.SECTIONS if name not in (sections or {})]
+        if missing:
+            raise TypeError(f"{type(self).__name__} reads the config sections {missing}: pass them in sections=")
         self.cfg = cfg
+        self.sections = {name: (sections or {})[name] for name in self.SECTIONS}
         self.interventions = interventions
         self.device = device
         self.total_steps = total_steps
@@ -109,15 +128,26 @@ class Agent(ABC, Generic[ConfigT]):
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
-        """Named networks for the interventions and the plasticity monitor (each takes raw observations)."""
+        """Named networks for the interventions and the plasticity monitor (each takes the agent's
+        :meth:`recent_inputs`: raw observations, or named sequence tensors)."""
 
     @abstractmethod
     def optimizers(self) -> list[torch.optim.Optimizer]: ...
 
     @abstractmethod
-    def recent_inputs(self, size: int) -> Tensor | None:
+    def recent_inputs(self, size: int) -> Inputs | None:
         """Up to ``size`` of the newest inputs the agent trained or acted on (None before there are any):
-        the batch ReDo inspects, and the diagnostics' probe batch (the runner keeps a copy)."""
+        the batch ReDo inspects, and the diagnostics' probe batch (the runner keeps a copy). Sequence
+        models return named tensors of ``size`` sequences (``net(**inputs)``)."""
+
+    def evaluate(self, episodes: int) -> Evaluation:
+        """An evaluation phase (``episodes`` per task), scheduled by the runner every ``run.eval_interval``
+        budget units and at the end; agents without one leave this as it is (an interval is refused)."""
+        raise NotImplementedError(f"{type(self).__name__} has no evaluation phase")
+
+    @classmethod
+    def can_evaluate(cls) -> bool:
+        return cls.evaluate is not Agent.evaluate
 
     def update_batch_size(self) -> int:
         """Inputs per gradient update (what an intervention's inspection batch holds)."""

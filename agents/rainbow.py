@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,10 +213,10 @@ class Rainbow(OffPolicyAgent[RainbowConfig]):
     step_done: Tensor
 
     def __init__(self, cfg: RainbowConfig, envs: VecEnv, device: torch.device, total_steps: int, seed: int,
-                 interventions: Interventions):
+                 interventions: Interventions, sections: dict[str, Any] | None = None):
         if cfg.v_max <= cfg.v_min:
             raise ConfigError(f"rainbow.v_max={cfg.v_max} must exceed rainbow.v_min={cfg.v_min}")
-        super().__init__(cfg, envs, device, total_steps, seed, interventions)
+        super().__init__(cfg, envs, device, total_steps, seed, interventions, sections)
 
     def wrap_envs(self, envs: VecEnv) -> MacroVecEnv:
         self.num_primitives = int(envs.single_action_space.n)

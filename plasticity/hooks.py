@@ -7,12 +7,44 @@ named after the parameterised module just before its activation in the parent co
 the activation module itself; normalisation layers in between are skipped. Activations applied
 functionally (``F.relu`` inside ``forward``) are invisible to hooks: use modules in networks you
 want to monitor.
+
+A network takes one tensor of observations, or named tensors (:data:`Inputs`: a batch of sequences
+such as states, actions and rewards, as the sequence models take them); :func:`run_network` calls it
+either way. Activations of sequence models are (B, T, D): the capture flattens them to (B*T, D), so
+every per-unit statistic and rank reads the last dim as the unit axis and each token as a sample.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Union
 
 from torch import Tensor, nn
+
+#: a network's inputs: an observation batch, or a batch of sequences by name (``net(**inputs)``)
+Inputs = Union[Tensor, Mapping[str, Tensor]]
+
+
+def run_network(net: nn.Module, inputs: Inputs) -> Any:
+    """``net(inputs)``, or ``net(**inputs)`` for named inputs."""
+    return net(**inputs) if isinstance(inputs, Mapping) else net(inputs)
+
+
+def map_inputs(fn: Callable[[Tensor], Tensor], inputs: Inputs) -> Inputs:
+    """``fn`` applied to the tensor, or to each named tensor (clone, move to a device, slice)."""
+    return {k: fn(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else fn(inputs)
+
+
+def input_count(inputs: Inputs) -> int:
+    """Samples (observations, or sequences) in a batch of inputs."""
+    first = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
+    return int(first.shape[0])
+
+
+def as_units(x: Tensor) -> Tensor:
+    """Activations with the unit axis where the metrics expect it: (B, T, D) token sequences -> (B*T, D);
+    (N, D) and (N, C, H, W) as they are."""
+    return x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x
 
 ACTIVATION_KINDS: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.ELU: "elu",
@@ -72,7 +104,7 @@ class ActivationCapture:
     def __enter__(self) -> "ActivationCapture":
         for layer in self.layers:
             def hook(module, inputs, output, layer=layer):
-                self.records[layer.name] = (layer.kind, inputs[0].detach(), output.detach())
+                self.records[layer.name] = (layer.kind, as_units(inputs[0].detach()), as_units(output.detach()))
             self._handles.append(layer.module.register_forward_hook(hook))
         return self
 

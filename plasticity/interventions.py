@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from configs import ConfigError, param
 from plasticity import metrics as M
-from plasticity.hooks import ACTIVATION_KINDS, NORM_TYPES, ActivationCapture
+from plasticity.hooks import ACTIVATION_KINDS, NORM_TYPES, ActivationCapture, Inputs, run_network
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MOMENT_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
@@ -333,7 +333,7 @@ class ReDo(Intervention):
 
     name = "redo"
 
-    def __init__(self, tau: float, period: int, batch_fn: Callable[[], Tensor | None] | None):
+    def __init__(self, tau: float, period: int, batch_fn: Callable[[], Inputs | None] | None):
         self.tau, self.period, self.batch_fn = tau, period, batch_fn
         self.recycled = 0
 
@@ -364,10 +364,10 @@ class ReDo(Intervention):
 
 
 @torch.no_grad()
-def recycle_dormant(net: nn.Sequential, batch: Tensor, tau: float, opt: torch.optim.Optimizer | None) -> int:
+def recycle_dormant(net: nn.Sequential, batch: Inputs, tau: float, opt: torch.optim.Optimizer | None) -> int:
     """One ReDo pass over ``net`` (see :class:`ReDo`); returns the number of recycled units."""
     with ActivationCapture(net) as cap:
-        net(batch)
+        run_network(net, batch)
     children = list(net.named_children())
     names = [n for n, _ in children]
     total = 0
@@ -474,7 +474,7 @@ class HardReset(Intervention):
 #: name -> a factory of the intervention from the settings (and the agent's inspection batch, for ReDo).
 #: Adding an intervention: a class above, one entry here, its settings in InterventionConfig and
 #: configs/interventions.yaml.
-REGISTRY: dict[str, Callable[[InterventionConfig, Callable[[], Tensor | None]], Intervention]] = {
+REGISTRY: dict[str, Callable[[InterventionConfig, Callable[[], Inputs | None]], Intervention]] = {
     "nap": lambda c, batch: NormalizeAndProject(c.nap_scale_decay),
     "layernorm_wd": lambda c, batch: LayerNormWeightDecay(c.weight_decay),
     "rewarm": lambda c, batch: ELRRewarming(c.rewarm_period, c.rewarm_warmup, c.rewarm_min_factor,
@@ -511,7 +511,7 @@ class Interventions:
     networks whose parameters that optimiser holds, counting that optimiser's steps.
     """
 
-    def __init__(self, cfg: InterventionConfig, batch_fn: Callable[[], Tensor | None] | None = None):
+    def __init__(self, cfg: InterventionConfig, batch_fn: Callable[[], Inputs | None] | None = None):
         self.cfg = cfg
         self.names = parse_use(cfg.use)
         self.batch_fn = batch_fn

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from configs import param
 from plasticity import metrics as M
-from plasticity.hooks import ActivationCapture, parameterised_layers
+from plasticity.hooks import ActivationCapture, Inputs, parameterised_layers, run_network
 
 ADAPTIVE_OPTIMISERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
                        torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
@@ -92,7 +92,7 @@ class PlasticityMonitor:
     """Computes the diagnostics of :mod:`plasticity.metrics` for named networks."""
 
     def __init__(self, networks: dict[str, nn.Module], optimizers: list[torch.optim.Optimizer],
-                 cfg: DiagnosticsConfig, probe: Tensor | None = None,
+                 cfg: DiagnosticsConfig, probe: Inputs | None = None,
                  loss_fn: Callable[[], Tensor] | None = None):
         self.networks = networks
         self.cfg = cfg
@@ -198,7 +198,7 @@ class PlasticityMonitor:
 
     # -- metrics -----------------------------------------------------------------------------
     @torch.no_grad()
-    def layer_metrics(self, inputs: Tensor, namespace: str,
+    def layer_metrics(self, inputs: Inputs, namespace: str,
                       compare: bool = True) -> tuple[dict[str, float], dict[str, Tensor]]:
         """Per activation layer of every network on ``inputs``: dead, dormant and zombie fractions,
         pre-activation feature norm, and the ranks of the post-activation features (layers with
@@ -209,7 +209,7 @@ class PlasticityMonitor:
         current: dict[str, Tensor] = {}
         for net_name, net in self.networks.items():
             with ActivationCapture(net) as cap:
-                output = net(inputs)
+                output = run_network(net, inputs)
             if isinstance(output, tuple):
                 output = output[0]
             if compare:
@@ -308,5 +308,5 @@ class PlasticityMonitor:
         return {"previous": {k: v.cpu() for k, v in self.previous.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.probe.device if self.probe is not None else "cpu"
+        device = next(p.device for net in self.networks.values() for p in net.parameters())
         self.previous = {k: v.to(device) for k, v in state["previous"].items()}

@@ -53,6 +53,8 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
     parser.add_argument("--env", help="game / environment id (shortcut for --set env.id=...)")
     parser.add_argument("--seed", help="shortcut for --set run.seed=...")
     parser.add_argument("--total-steps", help="shortcut for --set run.total_steps=... (agent steps)")
+    parser.add_argument("--total-updates", help="offline agents' budget in gradient updates (run.total_steps)")
+    parser.add_argument("--eval-episodes", help="shortcut for --set run.eval_episodes=... (episodes per task)")
     parser.add_argument("--device", help="auto, cpu or cuda (shortcut for --set run.device=...)")
     parser.add_argument("--experiment", help="shortcut for --set run.experiment=...")
     parser.add_argument("--run-name", help="shortcut for --set run.run_name=...")
@@ -128,7 +130,10 @@ def split_dotted_flags(extra: list[str], section: str = "", names: AbstractSet[s
 
 
 def shortcut_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    if args.total_steps is not None and args.total_updates is not None:
+        raise ConfigError("give the budget once: --total-steps (online agents) or --total-updates (offline agents)")
     pairs = [("env.id", args.env), ("run.seed", args.seed), ("run.total_steps", args.total_steps),
+             ("run.total_steps", args.total_updates), ("run.eval_episodes", args.eval_episodes),
              ("run.device", args.device), ("run.experiment", args.experiment), ("run.run_name", args.run_name),
              ("run.results_dir", args.results_dir)]
     out = [(k, v) for k, v in pairs if v is not None]
@@ -213,6 +218,10 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     from runners.train import DEFAULT_TORCH_THREADS, Trainer, env_seed, resolve_device, seed_everything
 
     run = sections["run"]
+    cls = spec.load()
+    if run.eval_interval and not cls.can_evaluate():
+        raise ConfigError(f"run.eval_interval={run.eval_interval}, but the {spec.name} agent has no evaluation phase "
+                          "(set it to 0)")
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device=cuda but torch sees no CUDA device; use --device=cpu or auto")
     torch.set_num_threads(run.torch_threads or DEFAULT_TORCH_THREADS)

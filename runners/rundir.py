@@ -41,7 +41,7 @@ def config_files(suite: str, spec: AgentSpec) -> list[Path]:
 def schema_for(spec: AgentSpec, suite: str) -> dict[str, type]:
     cls = spec.load()
     return {"run": RunConfig, "env": get_suite(suite).config_class(), cls.section: cls.config_class,
-            "diagnostics": DiagnosticsConfig, "interventions": InterventionConfig}
+            **cls.SECTIONS, "diagnostics": DiagnosticsConfig, "interventions": InterventionConfig}
 
 
 def resolve(suite: str, spec: AgentSpec, files: list[Path], overrides: list[tuple[str, str]]):
@@ -84,7 +84,7 @@ def make_agent(spec: AgentSpec, sections: dict[str, Any], envs, device, seed: in
     from plasticity.interventions import Interventions
     cls = spec.load()
     return cls(sections[cls.section], envs, device, sections["run"].total_steps, seed,
-               Interventions(sections["interventions"]))
+               Interventions(sections["interventions"]), sections={name: sections[name] for name in cls.SECTIONS})
 
 
 @dataclass

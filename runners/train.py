@@ -6,6 +6,8 @@ A run directory ``results/<experiment>/<run-name>/`` holds:
 * ``run.json``: suite, agent, command line and format version (what ``--resume`` reads);
 * ``metrics.csv`` and ``tb/``: one row / one set of scalars per logging step;
 * ``probe.pt``: the fixed probe batch of the plasticity diagnostics;
+* ``eval.json``: agents with an evaluation phase (``run.eval_interval``): each evaluation's record
+  (e.g. return per task and episode index) with its step; its scalars go to the metrics under ``eval/``;
 * ``checkpoints/step_<env-steps>.pt`` (periodic) and ``checkpoints/latest.pt``;
 * ``summary.json``: status (completed / interrupted / failed), totals, final return, machine.
 
@@ -17,6 +19,7 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -33,8 +36,9 @@ import numpy as np
 import torch
 
 from agents.base import Agent, NonFiniteLossError
-from configs import param
+from configs import ConfigError, param
 from envs import Episode, VecEnv
+from plasticity.hooks import map_inputs
 from plasticity.monitor import PlasticityMonitor
 from plasticity.policy import excess_ratio_tail
 from runners.storage import (
@@ -57,7 +61,8 @@ class RunConfig:
     """Budget, seed, device and bookkeeping of one run."""
     seed: int = param("Seed of Python, NumPy, torch and (derived) the environments", min=0)
     total_steps: int = param(
-        "Training budget in agent steps summed over environments (frames = steps x frame_skip)", min=1)
+        "Training budget in agent steps summed over environments (frames = steps x frame_skip); offline suites: "
+        "gradient updates (--total-updates)", min=1)
     device: str = param("auto picks CUDA when available, else the CPU", choices=("auto", "cpu", "cuda"))
     experiment: str = param("Results go to <results_dir>/<experiment>/<run_name>/ (empty: the suite's name)")
     run_name: str = param("Run directory name (empty: <env>__<agent>__s<seed>__<date-time>)")
@@ -67,6 +72,9 @@ class RunConfig:
         "Keep a full checkpoint every this many agent steps (plus the initial and the last)", min=1)
     torch_threads: int = param("torch intra-op threads (0: torch's default)", min=0)
     progress: bool = param("Show a progress bar")
+    eval_interval: int = param("Evaluate the agent every this many budget units (0: never; agents with an "
+                               "evaluation phase only)", min=0)
+    eval_episodes: int = param("Episodes per task of each evaluation (--eval-episodes)", min=1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,6 +165,7 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         #: the newest checkpoint known to be whole on disk (what a failed run names to resume from)
         self.last_good: Path | None = None
+        self.evals: list[dict[str, Any]] = []  # eval.json's records so far
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -209,10 +218,34 @@ class Trainer:
         self.episodes_total = runner["episodes_total"]
         self.elapsed = runner["elapsed"]
         set_rng_state(ckpt["rng"])
+        self.evals = [e for e in self.read_evals() if e["step"] <= self.agent.env_steps]
         probe = self.run_dir / "probe.pt"
         if probe.exists():
             self.monitor.probe = torch.load(probe, map_location=self.agent.device)
         self.monitor.load_state_dict(ckpt["monitor"])
+
+    # -- evaluation --------------------------------------------------------------------------
+    def read_evals(self) -> list[dict[str, Any]]:
+        path = self.run_dir / "eval.json"
+        if not path.exists():
+            return []
+        try:
+            return json.loads(path.read_text())["evaluations"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}): move it away to resume without its evaluations") from None
+
+    def evaluate(self) -> dict[str, float]:
+        """One evaluation phase of the agent: its scalars under ``eval/``, its record appended to eval.json."""
+        t0 = time.perf_counter()
+        result = self.agent.evaluate(self.cfg.eval_episodes)
+        self.evals.append({"step": self.agent.env_steps, **result.record})
+        atomic_write_json(self.run_dir / "eval.json", {"evaluations": self.evals})
+        return {**{f"eval/{k}": v for k, v in result.metrics.items()}, "eval/seconds": time.perf_counter() - t0}
+
+    def eval_due(self, steps_before: int) -> bool:
+        every = self.cfg.eval_interval
+        return bool(every) and (self.agent.env_steps // every > steps_before // every
+                                or self.agent.env_steps >= self.cfg.total_steps)
 
     # -- the loop ----------------------------------------------------------------------------
     def episode_metrics(self) -> dict[str, float]:
@@ -228,8 +261,8 @@ class Trainer:
         self._t_start = time.perf_counter()
         status, reason = "completed", ""
         from tqdm import tqdm
-        self.bar = bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps), unit="step",
-                   unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1,
+        self.bar = bar = tqdm(total=cfg.total_steps, initial=min(agent.env_steps, cfg.total_steps),
+                   unit=agent.budget_unit, unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, smoothing=0.1,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         lock = self.run_dir / ".running"  # lets sweeps tell a live run from a dead one
         try:
@@ -311,13 +344,15 @@ class Trainer:
                 if self.monitor.probe is None and self.monitor.cfg.enabled:
                     recent = agent.recent_inputs(self.probe_size)
                     assert recent is not None  # after an iteration, every agent has trained or acted on inputs
-                    self.monitor.probe = recent.clone()
-                    atomic_torch_save(self.monitor.probe.cpu(), self.run_dir / "probe.pt")
+                    self.monitor.probe = map_inputs(torch.clone, recent)
+                    atomic_torch_save(map_inputs(torch.Tensor.cpu, self.monitor.probe), self.run_dir / "probe.pt")
                 if diagnose:
                     metrics.update(self.monitor.collect())
                     for tag, image in agent.images().items():
                         self.logger.add_heatmap(tag, image, agent.env_steps)
                 metrics.update(agent.interventions.metrics())
+                if self.eval_due(steps0):
+                    metrics.update(self.evaluate())
                 self.pending.extend(episodes)
                 self.recent.extend(e.ret for e in episodes)
                 self.episodes_total += len(episodes)
