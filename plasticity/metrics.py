@@ -235,3 +235,38 @@ def hessian_top_eigenvalue(loss: Tensor, params: Sequence[Tensor], iterations: i
         eig = float(sum((h * x).sum() for h, x in zip(hv, v)))
         v = [h.detach() for h in hv]
     return eig
+
+
+# ---------------------------------------------------------------------------------------
+# Attention (transformers): probs are (B, H, Tq, Tk), rows summing to 1 over the keys
+# ---------------------------------------------------------------------------------------
+
+def _query_weights(probs: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, 1, Tq) float weights of the queries that count: those where ``mask`` (B, Tq) is True."""
+    b, _, tq, _ = probs.shape
+    if mask is None:
+        return probs.new_ones(b, 1, tq)
+    return mask.to(probs.device, probs.dtype).reshape(b, 1, tq)
+
+
+def attention_entropy(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-head mean entropy (nats) of the attention distributions, (H,).
+
+    The entropy of one query's row is -sum_k p_k log p_k (0 log 0 = 0); the mean runs over batch and
+    queries, counting only the queries where ``mask`` (B, Tq) is True (e.g. no padding). 0 when
+    every head looks at one key; log(n) for uniform attention over n keys.
+    """
+    p = probs.detach().double()
+    row = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)  # (B, H, Tq)
+    w = _query_weights(p, mask)
+    return ((row * w).sum((0, 2)) / w.sum().clamp(min=1e-12)).float()
+
+
+def attention_sink_share(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Per-head mean share of attention on the first key (an "attention sink"), (H,).
+
+    The mean runs over batch and queries (those where ``mask`` (B, Tq) is True).
+    """
+    p = probs.detach().double()
+    w = _query_weights(p, mask)
+    return ((p[..., 0] * w).sum((0, 2)) / w.sum().clamp(min=1e-12)).float()
