@@ -65,6 +65,12 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
     AgentSpec("soft_reset_fixed", "agents.supervised:SupervisedLearner", "learner",
               "ablation: soft reset with gamma held at learner.sr_gamma_init (no gamma learning)",
               variant="soft_reset_fixed", suites=("supervised",)),
+    AgentSpec("dt", "agents.dt:DecisionTransformerAgent", "dt",
+              "Decision Transformer (Chen et al. 2021): context restarts every episode (baseline)",
+              suites=("incontext",)),
+    AgentSpec("ad", "agents.dt:AlgorithmDistillation", "ad",
+              "Algorithm Distillation (Laskin et al. 2022): cross-episode context from learning histories",
+              suites=("incontext",)),
 ]}
 
 

@@ -34,6 +34,7 @@ class Suite:
     alias: Callable[[str], str] = lambda env_id: env_id  # user id -> the name compared with ids()
     ignore_case: bool = True
     rl: bool = True  # the RL agents (agents.RL_SUITES) run on it
+    budget: str = "steps"  # what run.total_steps counts: "steps" (--total-steps) or "updates" (--total-updates)
 
     def config_class(self) -> type:
         module, _, cls = self.config.partition(":")
@@ -134,3 +135,19 @@ register(Suite("classic", "gymnasium classic control", "envs:EnvConfig", _classi
 register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
                _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
                ignore_case=False, rl=False))
+
+
+def _grid_ids() -> list[str]:
+    from envs.gridworlds import ENV_IDS
+    return list(ENV_IDS)
+
+
+def _make_incontext(cfg, env_id: str, seed: int):
+    from envs.incontext import InContextTasks
+    cfg.id = env_id
+    return InContextTasks(cfg, seed)
+
+
+register(Suite("incontext", "offline sequence models on grid-world learning histories, evaluated in context",
+               "envs.incontext:InContextConfig", _grid_ids, _make_incontext, default_agent="ra_dt",
+               id_kind="grid world", ids_name="environments", rl=False, budget="updates"))

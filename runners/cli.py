@@ -152,6 +152,13 @@ def main(suite: str, argv: list[str] | None = None) -> int:
     parser = build_parser(suite, agent_name)
     args, extra = parser.parse_known_args(argv)
     try:
+        budget_flags = {"steps": ("--total-steps", args.total_steps),
+                        "updates": ("--total-updates", args.total_updates)}
+        wanted = get_suite(suite).budget
+        for unit, (flag, value) in budget_flags.items():
+            if value is not None and unit != wanted:
+                raise ConfigError(f"the {suite} suite's budget is in {wanted}: use {budget_flags[wanted][0]}, "
+                                  f"not {flag}")
         overrides = shortcut_overrides(args)
         dotted = split_dotted_flags(extra, *agent_fields(args.agent, suite))
         overrides += [parse_assignment(s) for s in args.set + dotted]
