@@ -1,0 +1,78 @@
+"""Build and list the grid worlds' learning-history datasets (one Minari dataset per task).
+
+    python -m runners.datasets DarkRoom-10x10 --tasks train       # build what is missing (progress bar)
+    python -m runners.datasets DarkKeyDoor-10x10 --tasks all --seed 1 --root /data/histories
+    python -m runners.datasets --list                              # what exists, sizes, episodes, checksums
+
+The root is ``--root``, else ``$PLASTICITY_DATASETS``, else ``results/datasets``. Existing
+datasets are checked, never overwritten: one built with another seed or generator version,
+or a damaged one, is an error (``error: ...`` on stderr, exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from configs import ConfigError
+
+
+def _format_list(root: Path) -> str:
+    from envs.offline_data import list_datasets
+    from runners.storage import format_bytes
+
+    rows = list_datasets(root)
+    if not rows:
+        return f"no datasets under {root}"
+    lines = [f"{'env':<18} {'task':<22} {'episodes':>8} {'steps':>9} {'seed':>4} {'size':>10}  checksum      status"]
+    total = 0
+    for r in rows:
+        total += r.size_bytes
+        size = format_bytes(r.size_bytes).split(" (")[0]
+        lines.append(f"{r.env_id:<18} {r.task:<22} {r.episodes if r.episodes is not None else '-':>8} "
+                     f"{r.steps if r.steps is not None else '-':>9} {r.seed if r.seed is not None else '-':>4} "
+                     f"{size:>10}  {r.checksum[:12] or '-':<12}  {r.status}")
+    lines.append(f"{len(rows)} datasets, {format_bytes(total)} under {root}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from envs.gridworlds import ENV_IDS
+    from envs.offline_data import SPLITS, default_root
+
+    parser = argparse.ArgumentParser(prog="python -m runners.datasets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("env_id", nargs="?", help=f"one of {', '.join(ENV_IDS)}")
+    parser.add_argument("--tasks", default="train", help=f"which tasks: {', '.join(SPLITS)} (default train)")
+    parser.add_argument("--root", type=Path, default=None, help="datasets folder (default $PLASTICITY_DATASETS "
+                        "or results/datasets)")
+    parser.add_argument("--seed", type=int, default=0, help="the learners' seed (default 0)")
+    parser.add_argument("--list", action="store_true", help="list the datasets under the root and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    root = args.root or default_root()
+    try:
+        if args.list:
+            print(_format_list(root))
+            return 0
+        if args.env_id is None:
+            raise ConfigError(f"name an environment ({', '.join(ENV_IDS)}) or pass --list")
+        from envs.gridworlds import get_spec
+        from envs.offline_data import ensure_datasets
+        spec = get_spec(args.env_id)
+        if args.tasks not in SPLITS:
+            raise ConfigError(f"unknown task split '{args.tasks}'; valid splits: {', '.join(SPLITS)}")
+        start = time.perf_counter()
+        built = ensure_datasets(root, spec.env_id, (args.tasks,), args.seed, progress=not args.no_progress)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    took = time.perf_counter() - start
+    print(f"{spec.env_id} {args.tasks}: built {len(built)} datasets in {took:.1f} s under {root / spec.env_id}"
+          + ("" if built else " (all were already there)"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
