@@ -244,6 +244,7 @@ class Memory:
         self._traj_ids = torch.zeros(0, dtype=torch.long)
         self._returns = torch.zeros(0)
         self._pending: list[tuple[np.ndarray, Segment, Tensor, Tensor, Tensor]] = []
+        self._traj_counts: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self._index.ntotal
@@ -283,6 +284,8 @@ class Memory:
         self._traj_ids = torch.cat([self._traj_ids, *trajs])
         self._returns = torch.cat([self._returns, *rets])
         self._pending = []
+        trajs_u, counts = torch.unique(self._traj_ids, return_counts=True)
+        self._traj_counts = dict(zip(trajs_u.tolist(), counts.tolist()))
 
     def deduplicate(self, cutoff: float | None = None, batch_size: int = 4096) -> int:
         """Remove near-duplicate chunks: of chunks from *different* trajectories of the same task with cosine
@@ -377,9 +380,7 @@ class Memory:
         extra = 0
         if training:
             assert query_traj_ids is not None
-            trajs, counts = torch.unique(self._traj_ids, return_counts=True)
-            own = counts[torch.isin(trajs, query_traj_ids.cpu())]
-            extra = int(own.max()) if own.numel() else 0
+            extra = max(self._traj_counts.get(t, 0) for t in query_traj_ids.tolist())
         sims_np, idx_np = self._index.search(q, min(len(self), n_cand + extra))
         sim, idx = torch.from_numpy(sims_np), torch.from_numpy(idx_np).long()
         valid = idx >= 0
