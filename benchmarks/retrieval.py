@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=2, help="batches timed per method and repeat")
     parser.add_argument("--threads", type=int, default=1, help="threads while searching")
-    parser.add_argument("--ef", type=int, nargs="+", default=[50, 100, 200], help="HNSW efSearch values (faiss uses at least k)")
+    parser.add_argument("--ef", type=int, nargs="+", default=[50, 100, 200],
+                        help="HNSW efSearch values (faiss uses at least k)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 8, 16, 32], help="IVF nprobe values")
     args = parser.parse_args()
     import faiss
