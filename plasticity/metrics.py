@@ -262,11 +262,19 @@ def attention_entropy(probs: Tensor, mask: Tensor | None = None) -> Tensor:
     return ((row * w).sum((0, 2)) / w.sum().clamp(min=1e-12)).float()
 
 
-def attention_sink_share(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+def attention_sink_share(probs: Tensor, mask: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
     """Per-head mean share of attention on the first key (an "attention sink"), (H,).
 
-    The mean runs over batch and queries (those where ``mask`` (B, Tq) is True).
+    The mean runs over batch and queries (those where ``mask`` (B, Tq) is True). With ``key_mask``
+    (B, Tk), True = a real key, the first key of a row is its first real one (left-padded sequences:
+    the first token after the padding); without, key 0.
     """
     p = probs.detach().double()
     w = _query_weights(p, mask)
-    return ((p[..., 0] * w).sum((0, 2)) / w.sum().clamp(min=1e-12)).float()
+    if key_mask is None:
+        first = p[..., 0]
+    else:
+        b, h, tq, _ = p.shape
+        index = key_mask.to(p.device).int().argmax(1)  # the first True (0 for a row without any)
+        first = p.gather(-1, index.view(b, 1, 1, 1).expand(b, h, tq, 1)).squeeze(-1)
+    return ((first * w).sum((0, 2)) / w.sum().clamp(min=1e-12)).float()

@@ -23,10 +23,31 @@ plus the nominal effective learning rate. Between two diagnostics steps: the cha
 each layer's ReLU activation pattern (Delta_A) and normalised feature kernel (Delta_C) on
 the first ``kernel_samples`` probe inputs, and each network's output churn. Optionally
 (``hessian``; costly) the top Hessian eigenvalue of a loss the agent provides.
+
+Sequence models (inputs are named (B, T, ...) tensors, ``net(**inputs)``): activations are (B, T, D)
+token sequences and count each token as a sample (:mod:`plasticity.hooks`), so ranks are those of the
+(B*T, D) token features and Delta_A / Delta_C use the first ``kernel_samples`` tokens; padding tokens
+count like any other there. Networks with attention layers of :mod:`agents.transformer`
+(``SelfAttention``, ``CrossAttention``) also get, per attention layer (named after its module, e.g.
+``transformer.blocks.0.attn``) and per head ``h<i>``, the mean attention entropy
+(``attn_entropy/<network>/<layer>/h<i>``, :func:`plasticity.metrics.attention_entropy`) and the mean
+share of attention on the first key, the "attention sink" (``attn_sink/.../h<i>``,
+:func:`plasticity.metrics.attention_sink_share`), and their means over heads
+(``attn_entropy/<network>/<layer>``, ``attn_sink/<network>/<layer>``). Only those networks run their
+diagnostic forward under :func:`agents.transformer.record_attention` (explicit softmax instead of SDPA:
+the same outputs, so churn is unaffected; the probabilities of every layer, (B, H, Tq, Tk), are held
+until the forward ends). Padding does not count: queries are weighed by the inputs' ``mask``
+(per timestep, (B, T); expanded to the layer's tokens when its query length is a multiple of T,
+otherwise every query counts), queries without any key (cross-attention on an empty memory) are left
+out, and the sink is the first *valid* key of each sequence (the first token after left padding; for
+cross-attention, the first memory token that ``memory_mask`` keeps).
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
@@ -35,7 +56,7 @@ from torch import Tensor, nn
 
 from configs import param
 from plasticity import metrics as M
-from plasticity.hooks import ActivationCapture, Inputs, parameterised_layers, run_network
+from plasticity.hooks import ActivationCapture, Inputs, input_count, map_inputs, parameterised_layers, run_network
 
 ADAPTIVE_OPTIMISERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
                        torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam)
@@ -46,7 +67,9 @@ class DiagnosticsConfig:
     """When and how the plasticity diagnostics run."""
     enabled: bool = param("Compute plasticity diagnostics at all")
     interval: int = param("Run diagnostics every this many iterations (updates of the agent)", min=1)
-    probe_size: int = param("Observations in the fixed probe batch (ranks need probe_size >= layer width)", min=1)
+    probe_size: int = param("Observations in the fixed probe batch, or sequences for sequence models (ranks need "
+                            "probe_size >= layer width; a sequence model's tokens count: probe_size x tokens)",
+                            min=1)
     dormant_tau: float = param("tau of the tau-dormant ratio (Sokar et al. 2023)", min=0.0)
     srank_delta: float = param("delta of srank (Kumar et al. 2021)", min=0.0, max=1.0)
     tanh_dead_std: float = param("A tanh/sigmoid unit is dead when its std on the probe batch is below this", min=0.0)
@@ -88,6 +111,26 @@ DIAGNOSTICS_DEFAULTS: dict[str, Any] = {
 }
 
 
+def attention_layers(net: nn.Module) -> dict[str, nn.Module]:
+    """The attention layers of :mod:`agents.transformer` in ``net``, by module name ({} for other networks).
+
+    Without :mod:`agents.transformer` imported no network holds one: the toolkit does not import it.
+    """
+    transformer = sys.modules.get("agents.transformer")
+    if transformer is None:
+        return {}
+    kinds = (transformer.SelfAttention, transformer.CrossAttention)
+    return {name: m for name, m in net.named_modules() if isinstance(m, kinds)}
+
+
+def per_token(mask: Tensor | None, batch: int, tokens: int) -> Tensor | None:
+    """A per-timestep mask (B, T) for ``tokens`` tokens per sequence (each timestep's tokens in turn), (B, tokens)
+    bool; None without a mask or when ``tokens`` is not a multiple of T."""
+    if mask is None or mask.ndim != 2 or mask.shape[0] != batch or tokens % mask.shape[1]:
+        return None
+    return mask.bool().repeat_interleave(tokens // mask.shape[1], dim=1)
+
+
 class PlasticityMonitor:
     """Computes the diagnostics of :mod:`plasticity.metrics` for named networks."""
 
@@ -110,6 +153,7 @@ class PlasticityMonitor:
                 for p in group["params"]:
                     if id(p) in owner:
                         self._group.setdefault(owner[id(p)], (opt, index))
+        self._attention = {name: attention_layers(net) for name, net in networks.items()}
         # per optimiser: the parameters of the layers it steps, in one flat list, and each one's layer
         # index, so that a tracked step costs a few fused kernels rather than a loop over tensors
         self._tracked: dict[int, tuple[list[tuple[str, str]], list[nn.Parameter], Tensor]] = {}
@@ -202,14 +246,22 @@ class PlasticityMonitor:
                       compare: bool = True) -> tuple[dict[str, float], dict[str, Tensor]]:
         """Per activation layer of every network on ``inputs``: dead, dormant and zombie fractions,
         pre-activation feature norm, and the ranks of the post-activation features (layers with
-        n >= d), named ``<namespace>/<metric>/<network>/<layer>``. With ``compare``, also returns what
-        the probe's comparisons between diagnostics steps need (outputs, activation patterns, kernels)."""
+        n >= d), named ``<namespace>/<metric>/<network>/<layer>``; for networks with attention layers, their
+        attention entropy and sink share per head. With ``compare``, also returns what the probe's
+        comparisons between diagnostics steps need (outputs, activation patterns, kernels)."""
         cfg, k = self.cfg, self.cfg.kernel_samples
         out: dict[str, float] = {}
         current: dict[str, Tensor] = {}
         for net_name, net in self.networks.items():
-            with ActivationCapture(net) as cap:
+            attention = self._attention[net_name]
+            with ActivationCapture(net) as cap, ExitStack() as stack:
+                maps = None
+                if attention:  # only transformers pay for the explicit softmax
+                    maps = stack.enter_context(sys.modules["agents.transformer"].record_attention(net)).maps
                 output = run_network(net, inputs)
+            if maps is not None:
+                out.update(self._attention_metrics(maps, attention, inputs, namespace, net_name))
+                del maps  # every layer's (B, H, Tq, Tk) probabilities
             if isinstance(output, tuple):
                 output = output[0]
             if compare:
@@ -235,6 +287,35 @@ class PlasticityMonitor:
                 out[f"{namespace}/dead_frac/{net_name}/all"] = dead_units / total_units
         return out, current
 
+    @staticmethod
+    def _attention_metrics(maps: dict[str, Tensor], layers: dict[str, nn.Module], inputs: Inputs,
+                           namespace: str, net_name: str) -> dict[str, float]:
+        """Per-head attention entropy and sink share of the recorded probabilities, and their head means."""
+        step_mask = inputs.get("mask") if isinstance(inputs, Mapping) else None
+        memory_mask = inputs.get("memory_mask") if isinstance(inputs, Mapping) else None
+        out: dict[str, float] = {}
+        transformer = sys.modules["agents.transformer"]
+        for layer, module in layers.items():
+            probs = maps.get(cast(str, module.record_name))  # the name record_attention stored it under
+            if probs is None:  # not called in this forward
+                continue
+            b, _, tq, tk = probs.shape
+            queries = probs[:, 0].sum(-1) > 0.5  # (B, Tq): rows with a key (not cross-attention on no memory)
+            query_mask = per_token(step_mask, b, tq)
+            if query_mask is not None:
+                queries = queries & query_mask.to(queries.device)
+            if isinstance(module, transformer.CrossAttention):
+                keys = memory_mask.bool() if memory_mask is not None and memory_mask.shape == (b, tk) else None
+            else:
+                keys = per_token(step_mask, b, tk)
+            for metric, per_head in (("attn_entropy", M.attention_entropy(probs, queries)),
+                                     ("attn_sink", M.attention_sink_share(probs, queries, keys))):
+                key = f"{namespace}/{metric}/{net_name}/{layer}"
+                for head, value in enumerate(per_head.tolist()):
+                    out[f"{key}/h{head}"] = value
+                out[key] = float(per_head.mean())
+        return out
+
     @torch.no_grad()
     def activation_metrics(self) -> dict[str, float]:
         """:meth:`layer_metrics` on the fixed probe (``plasticity/``), and the changes since the last call:
@@ -258,12 +339,14 @@ class PlasticityMonitor:
         self.previous = current
         return out
 
-    def batch_metrics(self, batch: Tensor, when: str) -> dict[str, float]:
+    def batch_metrics(self, batch: Inputs, when: str) -> dict[str, float]:
         """:meth:`layer_metrics` on the current training batch (``when``: "start" or "end" of the update),
-        on at most ``batch_samples`` evenly spaced samples, named ``batch_<when>/...``."""
-        n = batch.shape[0]
+        on at most ``batch_samples`` evenly spaced samples (observations, or sequences), named
+        ``batch_<when>/...``."""
+        n = input_count(batch)
         if n > self.cfg.batch_samples:
-            batch = batch[torch.linspace(0, n - 1, self.cfg.batch_samples, device=batch.device).long()]
+            index = torch.linspace(0, n - 1, self.cfg.batch_samples).long()
+            batch = map_inputs(lambda x: x[index.to(x.device)], batch)
         return self.layer_metrics(batch, f"batch_{when}", compare=False)[0]
 
     def hessian_metrics(self) -> dict[str, float]:

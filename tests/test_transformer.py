@@ -158,7 +158,7 @@ def test_mlp_activations_are_hooked_token_sequences():
         model(torch.randn(2, 5, D))
     assert set(cap.records) == {"blocks.0.mlp.fc", "blocks.1.mlp.fc"}
     kind, pre, post = cap.records["blocks.0.mlp.fc"]
-    assert kind == "gelu" and post.shape == (2, 5, 4 * D)
+    assert kind == "gelu" and post.shape == (2 * 5, 4 * D)  # tokens flattened to samples (plasticity.hooks)
 
 
 # ---------------------------------------------------------------------------------------
