@@ -14,8 +14,9 @@ cross-entropy on the actions of the learning histories:
 
 Choices of ours where the official code is not followed exactly (documented in ``configs/dt.yaml``):
 RTG enters as a scalar (divided by the horizon) rather than tokenised into 0-100 bins; a rollout's
-context, once full, keeps its last ``keep_steps`` steps and recomputes them (see
-``DecisionTransformer.act``), AD's every ``context / 2`` steps rather than every step, for speed.
+context, once full, keeps its last ``keep_steps`` (default ``context / 2``) steps and recomputes them
+(see ``DecisionTransformer.act``) rather than sliding by one step every step: about 5x cheaper
+rollouts, at the price of contexts between ``context / 2`` and ``context`` steps long.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ class SequenceModelConfig:
     updates_per_iteration: int = param("Gradient updates per logged iteration", min=1)
     target_return: float = param("DT: return-to-go the rollouts are conditioned on (0: the best episode return "
                                  "in the training data)", min=0.0)
-    keep_steps: int = param("Rollouts: steps a full context keeps (then recomputed; 0: context - 1 for DT, "
-                            "context / 2 for AD)", min=0)
+    keep_steps: int = param("Rollouts: steps a full context keeps, recomputed (0: context / 2, so the context "
+                            "holds context/2..context steps; context - 1 attends to exactly the last context steps "
+                            "but recomputes every step)", min=0)
     top_p: float = param("Rollouts: nucleus sampling mass (1: sample the full softmax)", min=0.0, max=1.0,
                          min_exclusive=True)
 
@@ -134,7 +136,7 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
         self.opt.step()
         self.last_batch = batch
         accuracy = (logits.argmax(-1) == batch["actions"]).float().mean()
-        return {"losses/action_ce": float(ce), "losses/action_accuracy": float(accuracy),
+        return {"losses/action_ce": float(ce.detach()), "losses/action_accuracy": float(accuracy),
                 "losses/grad_norm": float(grad_norm), "charts/lr": lr}
 
     def diagnostic_loss(self) -> Tensor:
@@ -142,7 +144,7 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
         return loss(self.action_logits(self.last_batch), self.last_batch["actions"], self.last_batch["mask"])
 
     def keep_steps(self) -> int:
-        return self.cfg.keep_steps or (self.cfg.context // 2 if self.ACROSS_EPISODES else self.cfg.context - 1)
+        return self.cfg.keep_steps or self.cfg.context // 2
 
     def session(self, tasks: np.ndarray, generator: torch.Generator) -> Session:
         return TransformerSession(self, len(tasks), generator)

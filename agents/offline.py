@@ -14,6 +14,7 @@ evaluation loop over the grid worlds' tasks (:meth:`InContextAgent.evaluate`), w
 """
 from __future__ import annotations
 
+import sys
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,7 @@ class OfflineAgent(Agent[ConfigT]):
         ds = self.dataset
         root = Path(ds.root)
         if ds.build_missing:
-            ensure_datasets(root, self.envs.env_id, ["train"], ds.seed, progress=True)
+            ensure_datasets(root, self.envs.env_id, ["train"], ds.seed, progress=sys.stderr.isatty())
         histories = load_histories(root, self.envs.env_id, "train", ds.seed)
         return histories[:ds.train_tasks or None]
 

@@ -40,6 +40,7 @@ alone gives the same data as building all tasks together.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -165,7 +166,7 @@ def learning_histories(env_id: str, tasks: np.ndarray, seed: int = 0, settings: 
         final[:, ep] = obs
         if bar is not None:
             bar.update(n * horizon)
-            bar.set_postfix(ret=f"{rew_log[:, ep].sum(1).mean():.1f}", eps=f"{eps:.2f}")
+            bar.set_postfix(ret=f"{rew_log[:, ep].sum(1).mean():.1f}", eps=f"{eps:.2f}", refresh=False)
     if bar is not None:
         bar.close()
 
@@ -187,4 +188,5 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="step", unit_scale=True, smoothing=0.1, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit="step", unit_scale=True, smoothing=0.1,
+                mininterval=0.5 if sys.stderr.isatty() else 30)

@@ -180,6 +180,7 @@ def write_history(root: Path, history: TaskHistory) -> Path:
 
     spec = get_spec(history.env_id)
     task = check_task(spec, history.task)
+    root = Path(root).absolute()  # Minari resolves a relative MINARI_DATASETS_PATH against its own default
     target = dataset_dir(root, spec.env_id, task)
     if target.exists():
         raise ConfigError(f"{target} already exists; nothing was overwritten")
