@@ -228,11 +228,12 @@ class InContextAgent(OfflineAgent[ConfigT]):
         generator.manual_seed(self.seed * 1_000_003 + self.env_steps)  # a rerun evaluates alike
         for net in self.networks().values():
             net.eval()
-        try:
-            for split, tasks in self.envs.eval_tasks.items():
-                if not len(tasks):
-                    continue
-                returns = self.rollout(tasks, episodes, generator)
+        splits = {split: tasks for split, tasks in self.envs.eval_tasks.items() if len(tasks)}
+        try:  # every split's tasks in one batch: a model call per step serves them all
+            all_returns = self.rollout(np.concatenate(list(splits.values())), episodes, generator)
+            offsets = np.cumsum([0, *(len(t) for t in splits.values())])
+            for (split, tasks), start, stop in zip(splits.items(), offsets[:-1], offsets[1:]):
+                returns = all_returns[start:stop]
                 best = self.envs.best_returns(tasks)
                 norm = returns / best[:, None]
                 record[split] = {"tasks": tasks.tolist(), "returns": returns.tolist(), "best": best.tolist()}
