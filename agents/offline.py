@@ -143,6 +143,7 @@ class OfflineAgent(Agent[ConfigT]):
     UNSUPPORTED_INTERVENTIONS = {
         "redo": "it recycles units of nn.Sequential networks; a transformer's are not",
         "nap": "it inserts normalisation layers into nn.Sequential networks; the transformer has its own",
+        "layernorm_wd": "the transformer is pre-LayerNorm already and AdamW decays its weights (*.weight_decay)",
         "crelu": "it rewrites the activations of nn.Sequential networks",
     }
     envs: InContextTasks
@@ -166,10 +167,10 @@ class OfflineAgent(Agent[ConfigT]):
         from envs.offline_data import ensure_datasets, load_histories
         ds = self.dataset
         root = Path(ds.root)
+        limit = ds.train_tasks or None
         if ds.build_missing:
-            ensure_datasets(root, self.envs.env_id, ["train"], ds.seed, progress=sys.stderr.isatty())
-        histories = load_histories(root, self.envs.env_id, "train", ds.seed)
-        return histories[:ds.train_tasks or None]
+            ensure_datasets(root, self.envs.env_id, ["train"], ds.seed, progress=sys.stderr.isatty(), limit=limit)
+        return load_histories(root, self.envs.env_id, "train", ds.seed, limit=limit)
 
     @abstractmethod
     def update(self) -> dict[str, float]:

@@ -269,12 +269,13 @@ def _minari_read(data: Path, env_id: str, task: np.ndarray) -> TaskHistory:
         final_observations=np.stack([ep.observations[-1] for ep in episodes]).astype(np.float32))
 
 
-def load_histories(root: Path, env_id: str, split: str = "train", seed: int | None = None) -> list[TaskHistory]:
-    """Every task of ``split`` (train / heldout / all), in the official task order, checked.
+def load_histories(root: Path, env_id: str, split: str = "train", seed: int | None = None,
+                   limit: int | None = None) -> list[TaskHistory]:
+    """Every task of ``split`` (train / heldout / all), or its first ``limit``, in the official task order, checked.
 
     ``seed`` None accepts any seed the data was built with; otherwise it must match.
     """
-    return [read_history(root, env_id, task, seed, split) for task in split_tasks(env_id, split)]
+    return [read_history(root, env_id, task, seed, split) for task in split_tasks(env_id, split)[:limit]]
 
 
 # -- building what is missing ----------------------------------------------------------------
@@ -289,15 +290,16 @@ def remove_stale_temporaries(root: Path, env_id: str) -> int:
 
 
 def ensure_datasets(root: Path, env_id: str, splits: tuple[str, ...] | list[str] = ("train", "heldout"),
-                    seed: int = 0, progress: bool = True) -> list[Path]:
-    """Build the missing datasets of ``splits``; check the existing ones first (nothing is overwritten).
+                    seed: int = 0, progress: bool = True, limit: int | None = None) -> list[Path]:
+    """Build the missing datasets of ``splits`` (of each, its first ``limit`` tasks); check the existing ones
+    first (nothing is overwritten).
 
     Returns the folders built. An existing dataset that is corrupt or was built for another
     environment, generator version or seed raises ConfigError before anything is built.
     """
     spec = get_spec(env_id)
     root = Path(root)
-    tasks = {task_name(spec.env_id, t): t for split in splits for t in split_tasks(spec.env_id, split)}
+    tasks = {task_name(spec.env_id, t): t for split in splits for t in split_tasks(spec.env_id, split)[:limit]}
     missing = []
     for name, task in tasks.items():
         if dataset_dir(root, spec.env_id, task).exists():

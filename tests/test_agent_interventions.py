@@ -28,16 +28,29 @@ TINY = {
                 ("rainbow.buffer_size", "256"), ("rainbow.batch_size", "8")],
     "supervised": [("env.synthetic_samples", "64"), ("learner.steps_per_task", "4"), ("learner.batch_size", "16"),
                    ("learner.hidden", "16")],
+    "incontext": [("dataset.train_tasks", "2"), ("env.eval_heldout_tasks", "1"), ("env.eval_train_tasks", "1"),
+                  *[(f"{family}.{k}", v) for family in ("dt", "ad")
+                    for k, v in (("n_layer", "1"), ("d_model", "16"), ("n_head", "2"), ("context", "5"),
+                                 ("batch_size", "4"), ("updates_per_iteration", "2"))]],
 }
 PERIODS = [("interventions.redo_period", "1"), ("interventions.sp_period", "1"), ("interventions.reset_period", "1"),
            ("interventions.rewarm_period", "2"), ("interventions.rewarm_warmup", "1")]
-PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised") for agent in agents_for(suite) for iv in REGISTRY]
+PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised", "incontext") for agent in agents_for(suite)
+         for iv in REGISTRY]
 
 
-def build(suite: str, agent: str, intervention: str):
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    """Two Dark-Room tasks' learning histories, for the in-context agents (built on first use)."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+def build(suite: str, agent: str, intervention: str, dataset_root=None):
     spec = get_agent(agent, suite)
     family_fields = {f"{spec.family}."}
-    overrides = [(k, v) for k, v in TINY[suite] if k.startswith(("env.", *family_fields))]
+    overrides = [(k, v) for k, v in TINY[suite] if k.startswith(("env.", "dataset.", *family_fields))]
+    if dataset_root is not None:
+        overrides.append(("dataset.root", str(dataset_root)))
     sections, _ = resolve(suite, spec, config_files(suite, spec),
                           [*overrides, *PERIODS, ("interventions.use", intervention)])
     envs = make_vec_env(suite, sections["env"], 0)
@@ -56,8 +69,11 @@ def hidden_weight_layers(net: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("suite,agent,intervention", PAIRS)
-def test_agent_and_intervention_work_or_are_refused_at_start_up(suite, agent, intervention):
-    spec, make = build(suite, agent, intervention)
+def test_agent_and_intervention_work_or_are_refused_at_start_up(suite, agent, intervention, request):
+    if suite == "incontext":
+        pytest.importorskip("minari")
+    root = request.getfixturevalue("dataset_root") if suite == "incontext" else None
+    spec, make = build(suite, agent, intervention, root)
     unsupported = spec.load().UNSUPPORTED_INTERVENTIONS
     if intervention in unsupported:
         with pytest.raises(ConfigError, match=f"does not support the intervention '{intervention}'.*it supports: "):
@@ -100,4 +116,4 @@ def test_nap_on_rainbow_normalises_the_trunk_and_both_heads():
 
 
 def test_agents_list_covers_every_family():
-    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner"}
+    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad"}
