@@ -6,7 +6,7 @@
 Every run is a normal run directory (under ``results/<experiment>/``), launched as a
 subprocess of the suite's runner, two at a time; the page is rebuilt from their
 ``metrics.csv`` files, so rerunning the command reproduces every number and plot.
-One module per experiment (``plasticity_supervised``, ``soft_reset``, ``masp``, ``pfo``) on the
+One module per experiment (``plasticity_supervised``, ``soft_reset``, ``masp``, ``pfo``, ``ra_dt``) on the
 shared helpers of ``common``; the intervals are ``runners.stats``'.
 """
 from __future__ import annotations
@@ -20,10 +20,12 @@ from runners.experiments.common import REPO
 from runners.experiments.masp import masp, similarity_changes
 from runners.experiments.pfo import pfo
 from runners.experiments.plasticity_supervised import plasticity_supervised
+from runners.experiments.ra_dt import ra_dt
 from runners.experiments.soft_reset import soft_reset
 from runners.stats import interval_order, t_interval
 
-EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp, "pfo": pfo}
+EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp, "pfo": pfo,
+               "ra_dt": ra_dt}
 
 __all__ = ["EXPERIMENTS", "interval_order", "main", "similarity_changes", "t_interval"]
 
