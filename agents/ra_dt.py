@@ -41,6 +41,11 @@ data and the frozen key model, so it is rebuilt on first use after a resume (``l
 memory built before). The generators of the query dropout and of the memory's random draws (``random``
 retrieval, short queries) are checkpointed, so a resumed run retrieves as an uninterrupted one.
 
+Costs measured on this machine (one thread, 2 busy cores, configs/ra_dt.yaml sizes, 3 Dark-Room tasks' histories
+of 200 episodes): the key model's update 0.4 s (4000 updates ~27 min); keying 2,400 chunks 9.6 s (all 80 tasks,
+64k chunks: ~4 min, again after every resume); deduplication kept 194 of the 2,400 chunks (a converged
+Q-learner's late episodes are near copies of each other).
+
 Differences from the official code, besides those of :mod:`agents.dt` and :mod:`agents.retrieval`:
 ``retrieve_every`` defaults to 10 steps (official: every step) for 2 CPU cores; the key model is trained in
 the same run for ``embedder_updates`` (official: a separate 100k-update DT run).
