@@ -71,6 +71,17 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
     AgentSpec("ad", "agents.dt:AlgorithmDistillation", "ad",
               "Algorithm Distillation (Laskin et al. 2022): cross-episode context from learning histories",
               suites=("incontext",)),
+    AgentSpec("ra_dt", "agents.ra_dt:RADT", "ra_dt",
+              "Retrieval-Augmented DT (Schmied et al. 2024): cross-attention over retrieved sub-trajectories",
+              suites=("incontext",)),
+    AgentSpec("ra_dt_no_reweight", "agents.ra_dt:RADT", "ra_dt",
+              "ablation: RA-DT retrieving by similarity alone (no return/task reweighting)",
+              variant="ra_dt_no_reweight", suites=("incontext",)),
+    AgentSpec("ra_dt_random", "agents.ra_dt:RADT", "ra_dt",
+              "ablation: RA-DT retrieving random chunks of the memory", variant="ra_dt_random", suites=("incontext",)),
+    AgentSpec("ra_dt_lm", "agents.ra_dt:RADT", "ra_dt",
+              "RA-DT with domain-agnostic keys (FrozenHopfield + frozen MiniLM)", variant="ra_dt_lm",
+              suites=("incontext",)),
 ]}
 
 
