@@ -29,7 +29,8 @@ TINY = {
     "supervised": [("env.synthetic_samples", "64"), ("learner.steps_per_task", "4"), ("learner.batch_size", "16"),
                    ("learner.hidden", "16")],
     "incontext": [("dataset.train_tasks", "2"), ("env.eval_heldout_tasks", "1"), ("env.eval_train_tasks", "1"),
-                  *[(f"{family}.{k}", v) for family in ("dt", "ad")
+                  ("ra_dt.embedder_updates", "2"), ("ra_dt.cache_steps", "5"), ("ra_dt.key_window", "5"),
+                  *[(f"{family}.{k}", v) for family in ("dt", "ad", "ra_dt")
                     for k, v in (("n_layer", "1"), ("d_model", "16"), ("n_head", "2"), ("context", "5"),
                                  ("batch_size", "4"), ("updates_per_iteration", "2"))]],
 }
@@ -116,4 +117,4 @@ def test_nap_on_rainbow_normalises_the_trunk_and_both_heads():
 
 
 def test_agents_list_covers_every_family():
-    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad"}
+    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad", "ra_dt"}

@@ -30,6 +30,7 @@ UPDATES, QUICK_UPDATES = "3000", "40"
 EPISODES, QUICK_EPISODES = "40", "4"
 SIZES = {"n_layer": "2", "d_model": "64", "n_head": "4", "batch_size": "16"}
 QUICK_SIZES = {"n_layer": "1", "d_model": "16", "n_head": "2", "batch_size": "4"}
+EMBEDDER_UPDATES, QUICK_EMBEDDER_UPDATES = "1000", "10"  # RA-DT's key model: a DT pre-trained on the same data
 FIRST_LAST = 5  # in-context improvement: the mean of the last 5 episodes minus the first 5
 
 #: (label, agent): the comparison, then the ablations of RA-DT
@@ -46,6 +47,10 @@ def arms(quick: bool) -> list[Arm]:
     out = []
     for label, agent in ARMS:
         sets = [x for k, v in sizes.items() for x in ("--set", f"{family(agent)}.{k}={v}")]
+        if family(agent) == "ra_dt":
+            sets += ["--set", f"ra_dt.embedder_updates={QUICK_EMBEDDER_UPDATES if quick else EMBEDDER_UPDATES}"]
+            if quick:
+                sets += ["--set", "ra_dt.cache_steps=5", "--set", "ra_dt.key_window=10"]
         args = ("--agent", agent, "--env", ENV, "--total-updates", QUICK_UPDATES if quick else UPDATES,
                 "--eval-episodes", QUICK_EPISODES if quick else EPISODES, *sets,
                 *(("--set", "dataset.train_tasks=4", "--set", "env.eval_heldout_tasks=2", "--set",
