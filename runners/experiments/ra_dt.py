@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import read_yaml
 from runners.experiments.common import (
     BEATS,
     Arm,
-    config_value,
     curves,
     machine_line,
     plot_bands,
@@ -59,6 +59,11 @@ def arms(quick: bool) -> list[Arm]:
     return out
 
 
+def run_context(run_dir: Path, section: str) -> int:
+    """The context (timesteps) a run's model had, from its resolved config."""
+    return int(read_yaml(run_dir / "config.yaml")[0][section]["context"])
+
+
 def last_evaluation(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval.json").read_text())["evaluations"][-1]
 
@@ -78,7 +83,7 @@ def ra_dt(args) -> None:
     labels = [label for label, _ in ARMS]
     curves_by = {split: {label: np.array([normalised(last_evaluation(run_dirs[(label, s)]), split) for s in seeds])
                          for label in labels} for split in ("heldout", "train")}
-    contexts = {label: config_value(f"{family(agent)}.yaml", f"{family(agent)}.context") for label, agent in ARMS}
+    contexts = {label: run_context(run_dirs[(label, seeds[0])], family(agent)) for label, agent in ARMS}
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, split in zip(axes, ("heldout", "train")):
