@@ -10,7 +10,8 @@
 A sweep file names a runner (suite), the arguments every run shares (``base``), and axes:
 ``grid`` (cartesian product) and ``zip`` (lists of equal length, advanced together); the
 two combine as a product. Axis and base keys are ``agent``, ``env``, ``seed``,
-``total_steps``, ``intervention``, ``config`` (a YAML layered on the defaults) or any config
+``total_steps`` (offline suites: ``total_updates``, ``eval_episodes``), ``intervention``, ``config`` (a YAML
+layered on the defaults) or any config
 field ``section.field``. Slurm settings (``partition``, ``time``, ``cpus``, ``mem``,
 ``gres``, ``account``, ``max_parallel``, ``extra`` directives) come from the file's
 ``slurm`` section, overridable on the command line.
@@ -47,6 +48,7 @@ from configs import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHORTCUTS = {"agent": "--agent", "env": "--env", "seed": "--seed", "total_steps": "--total-steps",
+             "total_updates": "--total-updates", "eval_episodes": "--eval-episodes",
              "intervention": "--intervention", "config": "--config"}
 TOP_KEYS = {"name", "runner", "base", "grid", "zip", "slurm", "local"}
 SLURM_KEYS = {"partition", "time", "cpus", "mem", "gres", "account", "max_parallel", "extra", "requeue"}
