@@ -87,10 +87,12 @@ def tiny(agent: str, root, updates: int = 20):
             "--set", f"{agent}.n_head=2", "--set", f"{agent}.context=10", "--set", f"{agent}.batch_size=8",
             "--set", f"{agent}.updates_per_iteration=5", "--set", f"{agent}.warmup_updates=4",
             "--set", "run.eval_interval=10", "--set", "run.checkpoint_steps=5", "--set", "diagnostics.interval=2",
-            "--set", "diagnostics.probe_size=8", "--set", "diagnostics.kernel_samples=16"]
+            "--set", "diagnostics.probe_size=8", "--set", "diagnostics.kernel_samples=16",
+            *(["--set", "ra_dt.embedder_updates=4", "--set", "ra_dt.cache_steps=5", "--set", "ra_dt.key_window=10",
+               "--set", "ra_dt.retrieve_every=5"] if agent == "ra_dt" else [])]
 
 
-@pytest.mark.parametrize("agent", ["dt", "ad"])
+@pytest.mark.parametrize("agent", ["dt", "ad", "ra_dt"])
 def test_incontext_run_trains_evaluates_and_diagnoses(agent, datasets, tmp_path):
     rc, run_dir = run_main("incontext", tiny(agent, datasets), tmp_path)
     assert rc == 0
@@ -114,6 +116,8 @@ def test_incontext_run_trains_evaluates_and_diagnoses(agent, datasets, tmp_path)
                  f"plasticity/attn_entropy/{block}.attn", f"plasticity/attn_sink/{block}.attn",
                  f"plasticity/elr/{block}.attn.qkv"):
         assert name in keys and rows[0][name] != "", name
+    if agent == "ra_dt":  # the cross-attention over the retrieved chunk is diagnosed too
+        assert rows[0][f"plasticity/attn_entropy/{block}.cross"] != ""
     probe = torch.load(run_dir / "probe.pt")
     assert probe["states"].shape == (8, 10, 100) and probe["actions"].shape == (8, 10)
 
