@@ -40,7 +40,6 @@ class InContextTasks:
         self.spec = get_spec(cfg.id)
         self.seed = seed
         train, heldout = task_split(cfg.id)
-        self.splits = {"train": train, "heldout": heldout}
         self.eval_tasks = {"heldout": heldout[:cfg.eval_heldout_tasks or None],
                            "train": train[:cfg.eval_train_tasks or None]}
 

@@ -129,9 +129,14 @@ def split_dotted_flags(extra: list[str], section: str = "", names: AbstractSet[s
     return out
 
 
-def shortcut_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
-    if args.total_steps is not None and args.total_updates is not None:
-        raise ConfigError("give the budget once: --total-steps (online agents) or --total-updates (offline agents)")
+def shortcut_overrides(args: argparse.Namespace, suite: str) -> list[tuple[str, str]]:
+    """The command line's shortcut flags as ``section.field`` overrides; a budget flag in the wrong unit for
+    ``suite`` (``--total-steps`` for an offline suite, ``--total-updates`` for an online one) is refused."""
+    budget_flags = {"steps": ("--total-steps", args.total_steps), "updates": ("--total-updates", args.total_updates)}
+    wanted = get_suite(suite).budget
+    for unit, (flag, value) in budget_flags.items():
+        if value is not None and unit != wanted:
+            raise ConfigError(f"the {suite} suite's budget is in {wanted}: use {budget_flags[wanted][0]}, not {flag}")
     pairs = [("env.id", args.env), ("run.seed", args.seed), ("run.total_steps", args.total_steps),
              ("run.total_steps", args.total_updates), ("run.eval_episodes", args.eval_episodes),
              ("run.device", args.device), ("run.experiment", args.experiment), ("run.run_name", args.run_name),
@@ -152,14 +157,7 @@ def main(suite: str, argv: list[str] | None = None) -> int:
     parser = build_parser(suite, agent_name)
     args, extra = parser.parse_known_args(argv)
     try:
-        budget_flags = {"steps": ("--total-steps", args.total_steps),
-                        "updates": ("--total-updates", args.total_updates)}
-        wanted = get_suite(suite).budget
-        for unit, (flag, value) in budget_flags.items():
-            if value is not None and unit != wanted:
-                raise ConfigError(f"the {suite} suite's budget is in {wanted}: use {budget_flags[wanted][0]}, "
-                                  f"not {flag}")
-        overrides = shortcut_overrides(args)
+        overrides = shortcut_overrides(args, suite)
         dotted = split_dotted_flags(extra, *agent_fields(args.agent, suite))
         overrides += [parse_assignment(s) for s in args.set + dotted]
         if args.checkpoint and not args.resume:

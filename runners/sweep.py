@@ -172,7 +172,7 @@ def validate(sweep: Sweep) -> None:
     for i in range(len(sweep.runs)):
         try:
             args = parser.parse_args(sweep.argv(i))
-            overrides = shortcut_overrides(args) + [parse_assignment(s) for s in args.set]
+            overrides = shortcut_overrides(args, sweep.runner) + [parse_assignment(s) for s in args.set]
             spec = get_agent(args.agent, sweep.runner)
             resolve(sweep.runner, spec, config_files(sweep.runner, spec) + [Path(f) for f in args.config], overrides)
         except ConfigError as exc:
