@@ -48,14 +48,12 @@ class DatasetConfig:
 
 def returns_to_go(rewards: np.ndarray, episode: np.ndarray) -> np.ndarray:
     """(N,) the sum of the rewards from each step to the end of its episode (episodes contiguous)."""
-    rtg = np.zeros(len(rewards), np.float64)
-    running, current = 0.0, None
-    for i in range(len(rewards) - 1, -1, -1):
-        if episode[i] != current:
-            running, current = 0.0, episode[i]
-        running += float(rewards[i])
-        rtg[i] = running
-    return rtg.astype(np.float32)
+    if not len(rewards):
+        return np.zeros(0, np.float32)
+    total = np.cumsum(rewards, dtype=np.float64)  # rtg[i] = (sum to the episode's end) - (sum before i)
+    last = np.flatnonzero(np.append(episode[1:] != episode[:-1], True))  # each episode's last step
+    end = np.repeat(total[last], np.diff(np.append(-1, last)))
+    return (end - total + rewards).astype(np.float32)
 
 
 def cell_index(observations: np.ndarray, size: int) -> np.ndarray:

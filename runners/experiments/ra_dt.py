@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents import get_agent
 from configs import read_yaml
 from runners.experiments.common import (
     BEATS,
@@ -39,7 +40,8 @@ ARMS = (("RA-DT", "ra_dt"), ("AD", "ad"), ("DT", "dt"), ("RA-DT, no return rewei
 
 
 def family(agent: str) -> str:
-    return "ra_dt" if agent.startswith("ra_dt") else agent
+    """The agent's config section (its registry entry's family: the ablations share ``ra_dt``)."""
+    return get_agent(agent, "incontext").family
 
 
 def arms(quick: bool) -> list[Arm]:
