@@ -254,11 +254,16 @@ class PlasticityMonitor:
         current: dict[str, Tensor] = {}
         for net_name, net in self.networks.items():
             attention = self._attention[net_name]
-            with ActivationCapture(net) as cap, ExitStack() as stack:
-                maps = None
-                if attention:  # only transformers pay for the explicit softmax
-                    maps = stack.enter_context(sys.modules["agents.transformer"].record_attention(net)).maps
-                output = run_network(net, inputs)
+            training = net.training
+            net.eval()  # the network as a function: no dropout noise in the units, ranks or churn
+            try:
+                with ActivationCapture(net) as cap, ExitStack() as stack:
+                    maps = None
+                    if attention:  # only transformers pay for the explicit softmax
+                        maps = stack.enter_context(sys.modules["agents.transformer"].record_attention(net)).maps
+                    output = run_network(net, inputs)
+            finally:
+                net.train(training)
             if maps is not None:
                 out.update(self._attention_metrics(maps, attention, inputs, namespace, net_name))
                 del maps  # every layer's (B, H, Tq, Tk) probabilities
