@@ -80,7 +80,9 @@ def plasticity_supervised(args) -> None:
                            if plain_drop else "does *not* show a significant fall of per-task accuracy here")
                         + "; " + "; ".join(f"{a} {ENDS[order]} plain online at the last tasks ({summary[a][0]:.3f} ± "
                                            f"{summary[a][1]:.3f} vs {base_last:.3f} ± {base_last_half:.3f})"
-                                           for a, order in kept.items()) + ".")
+                                           for a, order in kept.items())
+                        + ("." if plain_drop else ": with no loss of plasticity to prevent, these differences "
+                           "say nothing about plasticity."))
     lines += ["## Table", "", *table, "",
               (f"First/last tasks: mean training accuracy over the first/last {k} tasks. Change: last minus first, "
               "per seed. End columns: the last diagnostics row of each run."), "",
