@@ -7,6 +7,7 @@
   defaults, the agent's spec), what ``--resume`` and ``python -m runners.probe`` both use;
   :meth:`Run.load_checkpoint` loads one of its checkpoints and :meth:`Run.make_agent` rebuilds
   its agent.
+* :func:`build_agent`: an agent built from its configs and overrides alone, for tests and measurements.
 """
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def make_agent(spec: AgentSpec, sections: dict[str, Any], envs, device, seed: in
     cls = spec.load()
     return cls(sections[cls.section], envs, device, sections["run"].total_steps, seed,
                Interventions(sections["interventions"]), sections={name: sections[name] for name in cls.SECTIONS})
+
+
+def build_agent(suite: str, agent: str, overrides: Sequence[tuple[str, str]] = (), seed: int = 0):
+    """``agent`` of ``suite`` with its configs and ``overrides`` (``(key, value)`` pairs), on its suite's
+    environments seeded ``seed``, on the CPU, with no run directory: for tests and in-process measurements."""
+    import torch
+
+    from envs import make_vec_env
+    spec = get_agent(agent, suite)
+    sections, _ = resolve(suite, spec, config_files(suite, spec), list(overrides))
+    return make_agent(spec, sections, make_vec_env(suite, sections["env"], seed), torch.device("cpu"), seed)
 
 
 @dataclass

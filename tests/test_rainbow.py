@@ -324,15 +324,13 @@ def test_replay_returns_the_observations_the_agent_acted_on(suite, agent):
     frame stacks are stored as single frames, for DQN too; with macros, every primitive frame goes
     into a frame ring and each row's decision observation is rebuilt from it, across episode ends
     (a 30-frame episode cap makes them frequent)."""
-    from runners.rundir import config_files, make_agent, resolve
-    spec = get_agent_spec(agent, suite)
-    section = spec.family
+    from runners.rundir import build_agent
+    section = get_agent_spec(agent, suite).family
     sets = [("env.num_envs", "2"), (f"{section}.buffer_size", "64"), (f"{section}.learning_starts", "100000"),
             (f"{section}.iteration_steps", "2")]
     if suite == "atari":
         sets.append(("env.max_episode_frames", "120"))
-    sections, _ = resolve(suite, spec, config_files(suite, spec), sets)
-    learner = make_agent(spec, sections, make_vec_env(suite, sections["env"], 0), torch.device("cpu"), 0)
+    learner = build_agent(suite, agent, sets)
     checked = 0
     for _ in range(120):  # the 32-row rings wrap: the oldest rows' frames are overwritten
         acted_on = learner.next_obs.clone()

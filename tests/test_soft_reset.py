@@ -142,13 +142,8 @@ def test_proximal_term_is_the_per_sample_share_of_the_prior_hand_computed():
 def test_every_soft_reset_variant_learns_above_chance_where_online_training_does(agent):
     """One permuted-digits task of 200 Adam steps (64 hidden units): online training reaches well above chance (0.1), so
     must every soft-reset variant (the proximal one stayed at chance while its prior was B times too heavy)."""
-    from agents import get_agent
-    from envs import make_vec_env
-    from runners.rundir import config_files, make_agent, resolve
-    spec = get_agent(agent, "supervised")
-    sections, _ = resolve("supervised", spec, config_files("supervised", spec),
-                          [("env.id", "permuted"), ("learner.steps_per_task", "200"), ("learner.hidden", "64"),
-                           ("learner.sr_gamma_init", "0.999")])
-    learner = make_agent(spec, sections, make_vec_env("supervised", sections["env"], 0), torch.device("cpu"), 0)
+    from runners.rundir import build_agent
+    learner = build_agent("supervised", agent, [("env.id", "permuted"), ("learner.steps_per_task", "200"),
+                                                ("learner.hidden", "64"), ("learner.sr_gamma_init", "0.999")])
     metrics, _ = learner.iterate(diagnose=False)
     assert metrics["supervised/train_accuracy"] > 0.5, metrics

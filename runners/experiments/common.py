@@ -190,16 +190,16 @@ END_HEADER = "dead units (end) | feature rank of the last hidden layer (end) | w
 
 
 def accuracy_table(stream: str, arms: list[Arm], acc: dict[str, np.ndarray], run_dirs, seeds: list[int],
-                   k: int) -> tuple[list[str], dict[str, tuple[float, float, float, float]]]:
+                   k: int) -> tuple[list[str], dict[str, tuple[float, float, float, float, float, float]]]:
     """Markdown rows (first/last-k and all-task accuracy, change, end diagnostics) and per-arm
-    (last-k mean, half-width, change mean, half-width)."""
+    (last-k mean, half-width, change mean, half-width, first-k mean, half-width)."""
     rows, summary = [], {}
     for arm in arms:
         a = acc[arm.label]
         (m1, h1), (m2, h2) = t_interval(list(a[:, :k].mean(1))), t_interval(list(a[:, -k:].mean(1)))
         (ma, ha), (dm, dh) = t_interval(list(a.mean(1))), t_interval(list(a[:, -k:].mean(1) - a[:, :k].mean(1)))
         ends = [t_interval([last_logged(run_dirs[(arm.label, s)], col) for s in seeds]) for col in END_COLUMNS]
-        summary[arm.label] = (m2, h2, dm, dh)
+        summary[arm.label] = (m2, h2, dm, dh, m1, h1)
         rows.append(f"| {stream} | {arm.label} | {ma:.3f} ± {ha:.3f} | {m1:.3f} ± {h1:.3f} | {m2:.3f} ± {h2:.3f} | "
                     f"{dm:+.3f} ± {dh:.3f} | " + " | ".join(f"{m:.3g} ± {h:.2g}" for m, h in ends) + " |")
     return rows, summary

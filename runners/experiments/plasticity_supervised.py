@@ -72,7 +72,7 @@ def plasticity_supervised(args) -> None:
         lines += [f"![{stream}](figures/{png.name})", ""]
         table_rows, summary = accuracy_table(stream, arms, acc, run_dirs, seeds, k)
         table += table_rows
-        base_last, base_last_half, base_change, base_change_half = summary[BASELINE]
+        base_last, base_last_half, base_change, base_change_half = summary[BASELINE][:4]
         plain_drop = base_change + base_change_half < 0
         kept = {a: interval_order(summary[a][:2], (base_last, base_last_half)) for a in INTERVENTIONS}
         verdicts.append(f"- **{stream}**: plain online training "

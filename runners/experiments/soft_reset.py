@@ -31,7 +31,6 @@ from runners.experiments.common import (
     table_header,
     write_page,
 )
-from runners.stats import t_interval
 from runners.storage import read_metrics
 
 STEPS_PER_TASK = learner("steps_per_task")
@@ -100,15 +99,11 @@ def adam_step_scale(steps: int) -> dict[str, float]:
     ``steps`` steps, for online Adam and for the proximal soft reset: the denominator of Adam's step."""
     import torch
 
-    from agents import get_agent
-    from envs import make_vec_env
-    from runners.rundir import config_files, make_agent, resolve
+    from runners.rundir import build_agent
     out = {}
     for agent in ("online", "soft_reset_prox"):
-        spec = get_agent(agent, "supervised")
-        sections, _ = resolve("supervised", spec, config_files("supervised", spec),
-                              [("env.id", "random_labels"), ("learner.steps_per_task", str(steps))])
-        learner_ = make_agent(spec, sections, make_vec_env("supervised", sections["env"], 0), torch.device("cpu"), 0)
+        learner_ = build_agent("supervised", agent, [("env.id", "random_labels"),
+                                                     ("learner.steps_per_task", str(steps))])
         learner_.iterate(diagnose=False)
         state = learner_.optimizer.state
         out[agent] = float(torch.cat([state[p]["exp_avg_sq"].flatten() for p in learner_.model.parameters()])
@@ -191,19 +186,24 @@ def soft_reset(args) -> None:
               f"Median ratio: {ratio:.2f}x the base optimiser's cost per update.", ""]
 
     # the proximal variant: its first tasks against online Adam's, and Adam's step denominator in each
-    first_k = {label: t_interval(list(acc[label][:, :k].mean(axis=1))) for label in (ONLINE, PROXIMAL)}
+    first_k = {label: summary[label][4:] for label in (ONLINE, PROXIMAL)}
     prox_order = interval_order(first_k[PROXIMAL], first_k[ONLINE])
     scale = adam_step_scale(STEPS_PER_TASK)
+    ratio_v = scale["soft_reset_prox"] / scale["online"]
+    online_falls = summary[ONLINE][2] + summary[ONLINE][3] < 0  # the change's interval lies below 0
     lines += ["## The proximal variant", "",
-              (f"On the first {k} tasks, before online Adam loses plasticity, soft reset (proximal) "
+              (f"On the first {k} tasks{', before online Adam loses plasticity,' if online_falls else ''} "
+               "soft reset (proximal) "
                f"({first_k[PROXIMAL][0]:.3f} ± {first_k[PROXIMAL][1]:.3f}) {BEATS[prox_order]} online Adam "
                f"({first_k[ONLINE][0]:.3f} ± {first_k[ONLINE][1]:.3f}). Both terms of its objective are on one "
                "per-sample scale, and it learns the permuted stream (tests/test_soft_reset.py), but its "
                "proximal gradient, (theta - theta~) / (B v) per parameter with v near s^2 = "
                f"{learner('sr_s2_ratio')} sigma0^2, enters Adam's second-moment estimate: after one task of "
                f"{STEPS_PER_TASK} steps the median sqrt(v_hat) is {scale['soft_reset_prox']:.2e} against "
-               f"{scale['online']:.2e} for online Adam ({scale['soft_reset_prox'] / scale['online']:.0f}x), so "
-               "its steps along the data gradient are that much shorter. The paper's K_theta, s^2 and "
+               f"{scale['online']:.2e} for online Adam ({ratio_v:.0f}x)"
+               + (", so its steps along the data gradient are that much shorter. " if ratio_v > 1 else
+                  ", so Adam's step size does not explain its accuracy. ")
+               + "The paper's K_theta, s^2 and "
                "optimiser for this variant are unknown to us (plasticity/soft_reset.py)."), ""]
 
     # off-policy RL: DQN with and without the soft-reset learner on MinAtar
