@@ -42,7 +42,9 @@ class SequenceModelConfig:
     d_model: int = param("Width of the token embeddings and the residual stream", min=8)
     n_head: int = param("Attention heads (must divide d_model)", min=1)
     context: int = param("Timesteps in the model's context (tokens = timesteps x tokens per step)", min=2)
-    dropout: float = param("Dropout on embeddings, attention and residual branches", min=0.0, max=1.0)
+    dropout: float = param("Dropout on the token embeddings and the residual branches", min=0.0, max=1.0)
+    attn_dropout: float = param("Dropout on the attention probabilities (on CPU its random mask costs more than "
+                                "the attention itself at long contexts)", min=0.0, max=1.0)
     batch_size: int = param("Windows per gradient update", min=1)
     lr: float = param("AdamW peak learning rate", min=0.0, min_exclusive=True)
     weight_decay: float = param("AdamW weight decay", min=0.0)
@@ -85,7 +87,7 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
             raise ConfigError(f"{self.section}.n_head={cfg.n_head} must divide {self.section}.d_model={cfg.d_model}")
         return {"policy": DecisionTransformer(size * size, N_ACTIONS, self.KINDS, cfg.context, cfg.n_layer,
                                               cfg.d_model, cfg.n_head, max_timestep=self.envs.horizon,
-                                              dropout=cfg.dropout)}
+                                              dropout=cfg.dropout, attn_dropout=cfg.attn_dropout)}
 
     policy: DecisionTransformer
 

@@ -217,7 +217,7 @@ class RADT(DecisionTransformerAgent):
                               f"{cfg.key_window}: a key averages the last cache_steps steps of its window")
         return {"policy": RetrievalDT(size * size, N_ACTIONS, self.KINDS, cfg.context, cfg.n_layer, cfg.d_model,
                                       cfg.n_head, max_timestep=self.envs.horizon, dropout=cfg.dropout,
-                                      cross_attention=True, memory_kinds=MEMORY_KINDS,
+                                      attn_dropout=cfg.attn_dropout, cross_attention=True, memory_kinds=MEMORY_KINDS,
                                       memory_len=2 * cfg.cache_steps)}
 
     def setup(self, networks: dict[str, nn.Module]) -> None:
@@ -230,7 +230,8 @@ class RADT(DecisionTransformerAgent):
                 torch.manual_seed(self.seed + 7919)
                 self.embedder = DecisionTransformer(size * size, N_ACTIONS, self.KINDS, cfg.context, cfg.n_layer,
                                                     cfg.d_model, cfg.n_head, max_timestep=self.envs.horizon,
-                                                    dropout=cfg.dropout).to(self.device)
+                                                    dropout=cfg.dropout, attn_dropout=cfg.attn_dropout
+                                                    ).to(self.device)
             self.keys = DTKeys(self.embedder, size, self.device)
             self.embedder_ready = False
         else:

@@ -556,8 +556,8 @@ class DecisionTransformer(nn.Module):
 
     def __init__(self, state_dim: int, n_actions: int, kinds: Sequence[str] = ("rtg", "state", "action"),
                  context: int = 50, n_layer: int = 3, d_model: int = 128, n_head: int = 4,
-                 max_timestep: int = 1000, dropout: float = 0.1, positions: str = "learned",
-                 cross_attention: bool = False, memory_kinds: Sequence[str] | None = None,
+                 max_timestep: int = 1000, dropout: float = 0.1, attn_dropout: float | None = None,
+                 positions: str = "learned", cross_attention: bool = False, memory_kinds: Sequence[str] | None = None,
                  memory_len: int = 100):
         super().__init__()
         kinds = tuple(kinds)
@@ -568,7 +568,8 @@ class DecisionTransformer(nn.Module):
         self.context = context
         self.state_index = kinds.index("state")
         self.cfg = TransformerConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, max_tokens=context * len(kinds),
-                                     embd_dropout=dropout, attn_dropout=dropout, resid_dropout=dropout,
+                                     embd_dropout=dropout, resid_dropout=dropout,
+                                     attn_dropout=dropout if attn_dropout is None else attn_dropout,
                                      cross_attention=cross_attention, positions=positions)
         self.embed = TokenEmbedding(state_dim, n_actions, d_model, kinds, max_timestep)
         self.transformer = CausalTransformer(self.cfg)
