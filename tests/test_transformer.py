@@ -280,3 +280,11 @@ def test_attention_entropy_and_sink_share_by_hand():
     mask = torch.tensor([[False, True]])                    # only the second query counts
     assert M.attention_entropy(probs, mask).tolist() == pytest.approx([math.log(2), 0.0])
     assert M.attention_sink_share(probs, mask).tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_attention_dropout_is_set_apart_from_the_other_dropouts():
+    same = DecisionTransformer(4, 3, n_layer=1, d_model=16, n_head=2, dropout=0.2)
+    apart = DecisionTransformer(4, 3, n_layer=1, d_model=16, n_head=2, dropout=0.2, attn_dropout=0.0)
+    assert (same.cfg.attn_dropout, same.cfg.resid_dropout, same.cfg.embd_dropout) == (0.2, 0.2, 0.2)
+    assert (apart.cfg.attn_dropout, apart.cfg.resid_dropout, apart.cfg.embd_dropout) == (0.0, 0.2, 0.2)
+    assert apart.transformer.blocks[0].attn.attn_dropout == 0.0

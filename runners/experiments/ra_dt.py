@@ -12,6 +12,8 @@ import numpy as np
 
 from agents import get_agent
 from configs import read_yaml
+from envs.gridworlds import best_return, split_tasks
+from envs.histories import learning_histories
 from runners.experiments.common import (
     BEATS,
     Arm,
@@ -35,6 +37,7 @@ SIZES = {"n_layer": "2", "d_model": "64", "n_head": "4", "batch_size": "16", "at
 QUICK_SIZES = {"n_layer": "1", "d_model": "16", "n_head": "2", "batch_size": "4", "attn_dropout": "0"}
 EMBEDDER_UPDATES, QUICK_EMBEDDER_UPDATES = "1000", "10"  # RA-DT's key model: a DT pre-trained on the same data
 FIRST_LAST = 5  # in-context improvement: the mean of the last 5 episodes minus the first 5
+REFERENCE = "reference: Q-learning from scratch (the data's learner)"
 
 #: (label, agent): the comparison, then the ablations of RA-DT
 ARMS = (("RA-DT", "ra_dt"), ("AD", "ad"), ("DT", "dt"), ("RA-DT, no return reweighting", "ra_dt_no_reweight"),
@@ -79,6 +82,20 @@ def normalised(evaluation: dict, split: str) -> np.ndarray:
     return (np.array(part["returns"]) / np.array(part["best"])[:, None]).mean(0)
 
 
+def source_learner(episodes: int, seeds: list[int]) -> np.ndarray:
+    """(seeds, episodes) the data's own learner (tabular Q-learning from scratch, ``envs/histories.py``) on the
+    held-out goals: its first ``episodes`` returns / best, averaged over goals. AD distils this learner, so it is
+    the pace of improvement AD is trained to imitate."""
+    goals = split_tasks(ENV, "heldout")
+    best = np.array([best_return(ENV, g) for g in goals])
+    out = []
+    for seed in seeds:
+        histories = learning_histories(ENV, goals, seed=seed, progress=False)
+        returns = np.array([h.episode_returns()[:episodes] for h in histories])
+        out.append((returns / best[:, None]).mean(0))
+    return np.array(out)
+
+
 def ra_dt(args) -> None:
     plt = pyplot()
     quick = args.quick
@@ -89,10 +106,15 @@ def ra_dt(args) -> None:
     curves_by = {split: {label: np.array([normalised(last_evaluation(run_dirs[(label, s)]), split) for s in seeds])
                          for label in labels} for split in ("heldout", "train")}
     contexts = {label: run_context(run_dirs[(label, seeds[0])], family(agent)) for label, agent in ARMS}
+    episodes = curves_by["heldout"][labels[0]].shape[1]
+    reference = source_learner(episodes, seeds)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, split in zip(axes, ("heldout", "train")):
         plot_bands(ax, {f"{label} (context {contexts[label]})": c for label, c in curves_by[split].items()})
+        if split == "heldout":
+            ax.plot(np.arange(1, episodes + 1), reference.mean(0), "k--", lw=1,
+                    label="reference: the data's Q-learner from scratch")
         ax.set(title=f"{ENV}, {split} goals", xlabel="in-context episode", ylabel="return / best possible return")
     axes[0].legend(fontsize=7)
     icl = save_figure(fig, f"ra_dt_incontext{suffix}.png")
@@ -112,6 +134,12 @@ def ra_dt(args) -> None:
         stats[label] = {"gain": gain, "last": last, "mean": mean_all}
         rows.append(f"| {label} | {contexts[label]} | {first[0]:.3f} ± {first[1]:.3f} | {last[0]:.3f} ± {last[1]:.3f} "
                     f"| {gain[0]:+.3f} ± {gain[1]:.3f} | {t_interval(list(train[:, -k:].mean(1)))[0]:.3f} |")
+
+    ref_first, ref_last = t_interval(list(reference[:, :k].mean(1))), t_interval(list(reference[:, -k:].mean(1)))
+    ref_gain = t_interval(list(reference[:, -k:].mean(1) - reference[:, :k].mean(1)))
+    stats[REFERENCE] = {"gain": ref_gain, "last": ref_last}
+    rows.append(f"| {REFERENCE} | none | {ref_first[0]:.3f} ± {ref_first[1]:.3f} | {ref_last[0]:.3f} ± "
+                f"{ref_last[1]:.3f} | {ref_gain[0]:+.3f} ± {ref_gain[1]:.3f} | |")
 
     def improves(label: str) -> str:
         g = stats[label]["gain"]
@@ -139,6 +167,10 @@ def ra_dt(args) -> None:
         f"- RA-DT beats AD while using a fraction of AD's context ({contexts['RA-DT']} vs {contexts['AD']} steps): "
         f"over the last {k} held-out episodes RA-DT {BEATS[interval_order(ra['last'], ad['last'])]} AD "
         f"({ra['last'][0]:.3f} vs {ad['last'][0]:.3f}).",
+        f"- For scale: the data's own learner, Q-learning from scratch on the held-out goals (history seeds "
+        f"{', '.join(map(str, seeds))}), {improves(REFERENCE)} over its first {episodes} episodes (gain "
+        f"{ref_gain[0]:+.3f} ± {ref_gain[1]:.3f}; its epsilon decays over 120 episodes). AD imitates this "
+        "learner's pace; an in-context learner faster than its source is what RA-DT's paper reports at 100k updates.",
         *[f"- Ablation, {label}: {BEATS[interval_order(stats[label]['last'], ra['last'])]} RA-DT over the last "
           f"{k} held-out episodes ({stats[label]['last'][0]:.3f} vs {ra['last'][0]:.3f})." for label in labels[3:]],
         "", "## Training loss", "", f"![loss](figures/{loss_png.name})", "", machine_line(run_dirs), ""]
