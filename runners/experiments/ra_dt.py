@@ -13,7 +13,7 @@ import numpy as np
 from agents import get_agent
 from configs import read_yaml
 from envs.gridworlds import best_return, split_tasks
-from envs.histories import learning_histories
+from envs.histories import default_settings, learning_histories
 from runners.experiments.common import (
     BEATS,
     Arm,
@@ -42,11 +42,12 @@ REFERENCE = "reference: Q-learning from scratch (the data's learner)"
 #: (label, agent): the comparison, then the ablations of RA-DT
 ARMS = (("RA-DT", "ra_dt"), ("AD", "ad"), ("DT", "dt"), ("RA-DT, no return reweighting", "ra_dt_no_reweight"),
         ("RA-DT, random retrieval", "ra_dt_random"))
-#: the ablation left out, and why (measured with runners.rundir.build_agent at this page's sizes, one thread)
+#: the ablation left out, and why (python benchmarks/ra_dt_key_models.py --train-tasks 4, run 2026-12-02)
 NOT_RUN = ("RA-DT, domain-agnostic keys (MiniLM), `ra_dt_lm`: not run on this page, for its cost here. MiniLM "
-           "embeds every memory chunk and every training query window: on 4 train goals its set-up took 166 s "
-           "(the DT key model's: 5.5 s) and an update 0.85 s (0.097 s), so one run on the 80 goals would take over "
-           "an hour of one core and the arm's 3 seeds more than this page's 100-minute budget of 2 cores. "
+           "embeds every memory chunk and every training query window: `python benchmarks/ra_dt_key_models.py` "
+           "measured, on 4 train goals at this page's sizes, a set-up of 169 s (the DT key model's: 5.7 s) and "
+           "0.74 s per update (0.093 s), so one run on the 80 goals would take over an hour of one core and the "
+           "arm's 3 seeds more than this page's 100-minute budget of 2 cores. "
            "`python -m runners.incontext --agent=ra_dt_lm` runs it.")
 
 
@@ -103,13 +104,12 @@ def source_learner(episodes: int, seeds: list[int]) -> np.ndarray:
 
 
 def plateau(losses: dict[str, np.ndarray]) -> str:
-    """How much of each arm's loss fell in the first quarter of training and how much after (means over seeds)."""
+    """Each arm's loss at the start, after the first quarter of training and at the end (means over seeds)."""
     quarter = max(1, next(iter(losses.values())).shape[1] // 4)
     parts = [f"{label} {arr[:, 0].mean():.2f} → {arr[:, quarter - 1].mean():.2f} → {arr[:, -1].mean():.2f}"
              for label, arr in losses.items()]
     return (f"Loss at the first row, after the first quarter of the updates ({quarter} rows) and at the end, mean "
-            f"over seeds: {'; '.join(parts)}. Where the last drop is small beside the first, the models sit on a "
-            "plateau: the action distribution of the histories per cell, without the goal inferred from context.")
+            f"over seeds: {'; '.join(parts)}.")
 
 
 def ra_dt(args) -> None:
@@ -146,7 +146,7 @@ def ra_dt(args) -> None:
     for label, held in [*((label, curves_by["heldout"][label]) for label in labels), (REFERENCE, reference)]:
         first, last = t_interval(list(held[:, :k].mean(1))), t_interval(list(held[:, -k:].mean(1)))
         gain = t_interval(list(held[:, -k:].mean(1) - held[:, :k].mean(1)))
-        stats[label] = {"gain": gain, "last": last}
+        stats[label] = {"gain": gain, "first": first, "last": last}
         row = [label, str(contexts.get(label, "none")), f"{first[0]:.3f} ± {first[1]:.3f}",
                f"{last[0]:.3f} ± {last[1]:.3f}", f"{gain[0]:+.3f} ± {gain[1]:.3f}", "", ""]
         if label in losses:
@@ -160,17 +160,22 @@ def ra_dt(args) -> None:
         return word[interval_order(g, (0.0, 0.0))]
 
     ra, ad, ref = stats["RA-DT"], stats["AD"], stats[REFERENCE]
-    flat = [label for label in labels if interval_order(stats[label]["gain"], (0.0, 0.0)) == 0]
-    learned = (f"At this budget ({UPDATES} updates of {SIZES['batch_size']} windows) no arm learns in context: "
-               "every arm stays at the level of the Q-learner's first, nearly random, episodes, on held-out and "
-               "train goals alike. The claims are neither reproduced nor refuted here." if len(flat) == len(labels)
-               else f"Arms with no gain distinguishable from zero: {', '.join(flat) or 'none'}.")
+    learner = default_settings(ENV)
+    flat = [label for label in labels if interval_order(stats[label]["gain"], (0.0, 0.0)) == 0
+            and interval_order(stats[label]["last"], ref["first"]) == 0]
+    sizes, updates = (QUICK_SIZES, QUICK_UPDATES) if quick else (SIZES, UPDATES)
+    learned = (f"At this budget ({updates} updates of {sizes['batch_size']} windows) no arm learns in context: "
+               "every arm's gain is indistinguishable from zero and its last held-out episodes from the Q-learner's "
+               "first, nearly random, ones. The claims are neither reproduced nor refuted here."
+               if len(flat) == len(labels) else
+               "Arms with no gain and an end indistinguishable from the Q-learner's start: "
+               f"{', '.join(flat) or 'none'}.")
     lines = [
         "# RA-DT (Schmied et al. 2024) in context, here", "",
         f"Command: `python -m runners.experiments ra_dt{' --quick' if quick else ''}`. Data: learning histories of "
         "tabular Q-learners on the 80 train goals of Dark-Room 10x10 (`envs/histories.py`; RA-DT used SB3 PPO "
         "histories). Every arm trains for the same number of updates on the same data at the same size "
-        f"({', '.join(f'{k} {v}' for k, v in (QUICK_SIZES if quick else SIZES).items())}; RA-DT's own: 4 layers, width "
+        f"({', '.join(f'{k} {v}' for k, v in sizes.items())}; RA-DT's own: 4 layers, width "
         "512; attention dropout off, for its cost on CPU), then, once at the end, plays consecutive episodes on "
         "each goal with stochastic actions; RA-DT's memory starts empty "
         "on each goal and receives each finished episode. Returns are divided by each goal's best possible return. "
@@ -187,8 +192,8 @@ def ra_dt(args) -> None:
         f"({ra['last'][0]:.3f} vs {ad['last'][0]:.3f}).",
         f"- For scale: the data's own learner, Q-learning from scratch on the held-out goals (history seeds "
         f"{', '.join(map(str, seeds))}), {improves(REFERENCE)} over its first {episodes} episodes (gain "
-        f"{ref['gain'][0]:+.3f} ± {ref['gain'][1]:.3f}; its epsilon decays over 120 episodes): the pace AD is "
-        f"trained to imitate. {learned}",
+        f"{ref['gain'][0]:+.3f} ± {ref['gain'][1]:.3f}; its epsilon decays over "
+        f"{learner.decay_frac * learner.episodes:.0f} episodes): the pace AD is trained to imitate. {learned}",
         *[f"- Ablation, {label}: {BEATS[interval_order(stats[label]['last'], ra['last'])]} RA-DT over the last "
           f"{k} held-out episodes ({stats[label]['last'][0]:.3f} vs {ra['last'][0]:.3f})." for label in labels[3:]],
         f"- Ablation, {NOT_RUN}",
