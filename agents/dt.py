@@ -8,9 +8,13 @@ cross-entropy on the actions of the learning histories:
   episode, and at evaluation the context restarts every episode, conditioned on a target return.
   Nothing carries over from one episode to the next, so DT cannot improve in context: it is the
   floor an in-context learner must rise above.
-* **AD** (``ad``): tokens (state, action, reward), windows anywhere in a task's learning history,
-  across episode ends (two episodes, as the official ``ad_gridworlds.yaml``); at evaluation the context
-  carries across episodes, so the model can imitate the improvement the history shows.
+* **AD** (``ad``): tokens (state, action, reward). A training window spans two episodes of one task's
+  learning history, the first ``episodes_apart`` episodes before the second: the official
+  ``ad_gridworlds.yaml`` (two sequences per sample, sampled "sequential", whole context episodes) run with
+  ``n_ep_later=100`` as the RA-DT README's AD commands do. The model learns to act as the learner will
+  act 100 episodes after the episode in its context, a large policy-improvement step per episode
+  (``episodes_apart: 1`` pairs consecutive episodes instead). At evaluation the context carries across
+  episodes (the previous episode and the current one), so each episode can improve on the last.
 
 Choices of ours where the official code is not followed exactly (documented in ``configs/dt.yaml``):
 RTG enters as a scalar (divided by the horizon) rather than tokenised into 0-100 bins; a rollout's
@@ -77,7 +81,7 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
     STATE_KEYS = ("gen",)
     #: tokens per timestep, in order
     KINDS: ClassVar[tuple[str, ...]] = ("rtg", "state", "action")
-    #: training windows and rollout contexts span episode ends (AD) or restart every episode (DT)
+    #: rollout contexts carry across episode ends (AD) or restart every episode (DT)
     ACROSS_EPISODES: ClassVar[bool] = False
 
     def build_networks(self) -> dict[str, nn.Module]:
@@ -99,7 +103,7 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = np.random.default_rng(self.seed)
         self.data = SequenceData(self.load_histories(), self.envs.spec.size)
-        self.starts = self.data.window_starts(cfg.context, self.ACROSS_EPISODES)
+        self.index_windows()
         self.rtg_scale = float(self.envs.horizon)
         self.target_return = cfg.target_return or float(max(h.episode_returns().max() for h in self.data.histories))
 
@@ -109,9 +113,16 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt]
 
+    def index_windows(self) -> None:
+        """Where training windows lie (DT: ``context`` steps inside one episode)."""
+        self.starts = self.data.window_starts(self.cfg.context)
+
+    def sample_windows(self) -> dict[str, np.ndarray]:
+        """A batch of training windows (:meth:`SequenceData.gather`)."""
+        return self.data.gather(self.gen.choice(self.starts, self.cfg.batch_size), self.cfg.context)
+
     def sample_batch(self) -> dict[str, Tensor]:
-        starts = self.gen.choice(self.starts, self.cfg.batch_size)
-        batch = to_tensors(self.data.gather(starts, self.cfg.context), self.envs.spec.size, self.device)
+        batch = to_tensors(self.sample_windows(), self.envs.spec.size, self.device)
         batch["rtg"] = batch["rtg"] / self.rtg_scale
         return batch
 
@@ -152,12 +163,28 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
         return TransformerSession(self, len(tasks), generator)
 
 
+@dataclass
+class ADConfig(SequenceModelConfig):
+    """The sequence model plus how far apart AD's two training episodes lie in the history."""
+    episodes_apart: int = param("Training windows: the context episode lies this many episodes before the "
+                                "target episode in the learning history (RA-DT's n_ep_later)", min=1)
+
+
 class AlgorithmDistillation(DecisionTransformerAgent):
-    """AD: (state, action, reward) tokens over a cross-episode context from the learning history."""
+    """AD: (state, action, reward) tokens over an episode from earlier in the history and the current one."""
 
     section = "ad"
+    config_class = ADConfig
+    cfg: ADConfig
     KINDS = ("state", "action", "reward")
     ACROSS_EPISODES = True
+
+    def index_windows(self) -> None:
+        self.pairs = self.data.episode_pairs(self.cfg.episodes_apart, self.cfg.context)
+
+    def sample_windows(self) -> dict[str, np.ndarray]:
+        rows = self.gen.integers(len(self.pairs[1]), size=self.cfg.batch_size)
+        return self.data.gather_pairs(self.pairs[0][rows], self.pairs[1][rows], self.cfg.context, self.gen)
 
 
 class TransformerSession(Session):

@@ -67,7 +67,8 @@ class SequenceData:
 
     Each step keeps its task's index, its episode (a global id), its timestep within the episode and
     its return-to-go. Windows are either inside one episode (DT, RA-DT: the policy's context restarts
-    every episode) or anywhere in one task's history, across episode ends (Algorithm Distillation).
+    every episode) or span two episodes of one task's history, the earlier one a fixed number of
+    episodes before the later (Algorithm Distillation).
     """
 
     def __init__(self, histories: list[TaskHistory], size: int):
@@ -94,26 +95,55 @@ class SequenceData:
             episode_offset += int(episode.max()) + 1 if n else 0
         self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
         self.histories = histories
+        # episode ids are global and contiguous: row e holds episode e's (start, stop) in the flat arrays
+        ep = self.arrays["episode"]
+        first = np.flatnonzero(np.append(True, ep[1:] != ep[:-1]))
+        self.episode_bounds = np.stack([first, np.append(first[1:], len(ep))], 1)
+        task = self.arrays["task"][first]
+        task_start = np.flatnonzero(np.append(True, task[1:] != task[:-1]))
+        self.task_first_episode = task_start[np.searchsorted(task_start, np.arange(len(first)), side="right") - 1]
 
     def __len__(self) -> int:
         return len(self.arrays["action"])
 
-    def window_starts(self, length: int, across_episodes: bool) -> np.ndarray:
-        """Every valid first step of a ``length``-step window."""
+    def window_starts(self, length: int) -> np.ndarray:
+        """Every first step of a ``length``-step window inside one episode."""
         ep, valid = self.arrays["episode"], []
         for start, stop in self.history_bounds:
             first = np.arange(start, stop - length + 1)
-            if not across_episodes:  # the window's last step is in the same episode as its first
-                first = first[ep[first] == ep[first + length - 1]]
-            valid.append(first)
+            valid.append(first[ep[first] == ep[first + length - 1]])  # the last step shares the first's episode
         starts = np.concatenate(valid)
         if not len(starts):
-            raise ValueError(f"no window of {length} steps fits the histories")
+            raise ValueError(f"no window of {length} steps fits inside an episode of the histories")
         return starts
 
     def gather(self, starts: np.ndarray, length: int) -> dict[str, np.ndarray]:
         """The windows beginning at ``starts``: each array (B, length)."""
         index = starts[:, None] + np.arange(length)[None]
+        return {k: v[index] for k, v in self.arrays.items()}
+
+    def episode_pairs(self, episodes_apart: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Algorithm Distillation's training pairs, as RA-DT's ``n_ep_later``: (context, target) episode ids,
+        the context ``episodes_apart`` episodes before the target in the same history (the history's first
+        episode when fewer precede it). A history's first episode has nothing before it and is no target;
+        pairs shorter than ``length`` steps together are left out."""
+        target = np.arange(len(self.episode_bounds))
+        context = np.maximum(target - episodes_apart, self.task_first_episode)
+        steps = np.diff(self.episode_bounds, axis=1)[:, 0]
+        keep = (context < target) & (steps[context] + steps[target] >= length)
+        if not keep.any():
+            raise ValueError(f"no two episodes of one history hold a window of {length} steps")
+        return context[keep], target[keep]
+
+    def gather_pairs(self, context: np.ndarray, target: np.ndarray, length: int,
+                     gen: np.random.Generator) -> dict[str, np.ndarray]:
+        """Windows of ``length`` steps of each context episode followed by its target episode, at a random
+        offset (the whole pair when it is ``length`` steps long): each array (B, length)."""
+        index = np.empty((len(target), length), np.int64)
+        for row, (c, t) in enumerate(zip(context, target)):
+            steps = np.concatenate([np.arange(*self.episode_bounds[c]), np.arange(*self.episode_bounds[t])])
+            offset = int(gen.integers(len(steps) - length + 1))
+            index[row] = steps[offset:offset + length]
         return {k: v[index] for k, v in self.arrays.items()}
 
 

@@ -43,17 +43,34 @@ def test_returns_to_go_restart_at_every_episode():
     assert rtg.tolist() == [2, 1, 1, 3, 2, 2]
 
 
-def test_windows_stay_inside_episodes_unless_asked_to_cross():
+def test_windows_stay_inside_episodes():
     data = SequenceData([history([2, 0], [[0, 0, 1], [1, 1, 0]]), history([3, 3], [[0, 1, 0, 0]])], size=10)
-    inside = data.window_starts(3, across_episodes=False)
+    inside = data.window_starts(3)
     assert inside.tolist() == [0, 3, 6, 7]  # each window's 3 steps share one episode
-    across = data.window_starts(3, across_episodes=True)
-    assert across.tolist() == [0, 1, 2, 3, 6, 7]  # never across the two tasks' histories
     window = data.gather(np.array([1]), 3)
     assert window["timestep"].tolist() == [[1, 2, 0]] and window["rtg"].tolist() == [[1, 1, 2]]
     assert window["task"].tolist() == [[0, 0, 0]] and window["episode"].tolist() == [[0, 0, 1]]
     assert data.gather(np.array([6]), 3)["episode"].tolist() == [[2, 2, 2]]  # episode ids are global
     assert data.gather(np.array([0]), 1)["cell"].tolist() == [[0]]  # (x, y) = (0, 0) -> cell 0
+
+
+def test_ad_pairs_an_episode_with_the_one_episodes_apart_before_it_in_its_own_history():
+    # task 0: episodes 0-3 (2 steps each); task 1: episodes 4-5 (3 and 1 steps)
+    data = SequenceData([history([2, 0], [[0, 0], [0, 1], [1, 0], [1, 1]]), history([3, 3], [[0, 0, 1], [0]])],
+                        size=10)
+    context, target = data.episode_pairs(episodes_apart=2, length=4)
+    # 1 and 5 pair with their history's first episode (fewer than 2 precede them); 0 and 4 are no targets
+    assert list(zip(context.tolist(), target.tolist())) == [(0, 1), (0, 2), (1, 3), (4, 5)]
+    window = data.gather_pairs(np.array([1]), np.array([3]), 4, np.random.default_rng(0))
+    assert window["episode"].tolist() == [[1, 1, 3, 3]] and window["reward"].tolist() == [[0, 1, 1, 1]]
+    assert window["timestep"].tolist() == [[0, 1, 0, 1]]
+    offsets = {tuple(data.gather_pairs(np.array([4]), np.array([5]), 3, np.random.default_rng(s))["timestep"][0])
+               for s in range(40)}
+    assert offsets == {(0, 1, 2), (1, 2, 0)}  # 4 steps, 3-step windows: both offsets, each inside the pair
+    context, target = data.episode_pairs(episodes_apart=1, length=4)
+    assert list(zip(context.tolist(), target.tolist())) == [(0, 1), (1, 2), (2, 3), (4, 5)]
+    with pytest.raises(ValueError, match="no two episodes"):
+        data.episode_pairs(episodes_apart=1, length=5)
 
 
 def test_warmup_then_cosine_by_hand():
