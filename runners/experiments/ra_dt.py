@@ -74,9 +74,9 @@ def arms(quick: bool) -> list[Arm]:
     return out
 
 
-def run_context(run_dir: Path, section: str) -> int:
-    """The context (timesteps) a run's model had, from its resolved config."""
-    return int(read_yaml(run_dir / "config.yaml")[0][section]["context"])
+def run_setting(run_dir: Path, section: str, name: str) -> int:
+    """A run's model setting (``context``: timesteps; ``episodes_apart``: AD's), from its resolved config."""
+    return int(read_yaml(run_dir / "config.yaml")[0][section][name])
 
 
 def last_evaluation(run_dir: Path) -> dict:
@@ -91,8 +91,9 @@ def normalised(evaluation: dict, split: str) -> np.ndarray:
 
 def source_learner(episodes: int, seeds: list[int]) -> np.ndarray:
     """(seeds, episodes) the data's own learner (tabular Q-learning from scratch, ``envs/histories.py``) on the
-    held-out goals: its first ``episodes`` returns / best, averaged over goals. AD distils this learner, so it is
-    the pace of improvement AD is trained to imitate."""
+    held-out goals: its first ``episodes`` returns / best, averaged over goals. AD distils this learner: it is
+    trained to act as the learner does ``episodes_apart`` episodes after the one in its context, so an AD that
+    has learned climbs faster than this."""
     goals = split_tasks(ENV, "heldout")
     best = np.array([best_return(ENV, g) for g in goals])
     out = []
@@ -121,7 +122,8 @@ def ra_dt(args) -> None:
     labels = [label for label, _ in ARMS]
     curves_by = {split: {label: np.array([normalised(last_evaluation(run_dirs[(label, s)]), split) for s in seeds])
                          for label in labels} for split in ("heldout", "train")}
-    contexts = {label: run_context(run_dirs[(label, seeds[0])], family(agent)) for label, agent in ARMS}
+    contexts = {label: run_setting(run_dirs[(label, seeds[0])], family(agent), "context") for label, agent in ARMS}
+    apart = run_setting(run_dirs[("AD", seeds[0])], "ad", "episodes_apart")
     episodes = curves_by["heldout"][labels[0]].shape[1]
     reference = source_learner(episodes, seeds)
 
@@ -176,7 +178,9 @@ def ra_dt(args) -> None:
         "tabular Q-learners on the 80 train goals of Dark-Room 10x10 (`envs/histories.py`; RA-DT used SB3 PPO "
         "histories). Every arm trains for the same number of updates on the same data at the same size "
         f"({', '.join(f'{k} {v}' for k, v in sizes.items())}; RA-DT's own: 4 layers, width "
-        "512; attention dropout off, for its cost on CPU), then, once at the end, plays consecutive episodes on "
+        "512; attention dropout off, for its cost on CPU). AD's training windows are an episode and the episode "
+        f"{apart} later in the same history (RA-DT's `n_ep_later`). Each arm then, once at the end, plays consecutive "
+        "episodes on "
         "each goal with stochastic actions; RA-DT's memory starts empty "
         "on each goal and receives each finished episode. Returns are divided by each goal's best possible return. "
         f"{len(seeds)} seeds; intervals are 95% Student-t intervals across seeds. Budgets are far below the "
@@ -193,7 +197,8 @@ def ra_dt(args) -> None:
         f"- For scale: the data's own learner, Q-learning from scratch on the held-out goals (history seeds "
         f"{', '.join(map(str, seeds))}), {improves(REFERENCE)} over its first {episodes} episodes (gain "
         f"{ref['gain'][0]:+.3f} ± {ref['gain'][1]:.3f}; its epsilon decays over "
-        f"{learner.decay_frac * learner.episodes:.0f} episodes): the pace AD is trained to imitate. {learned}",
+        f"{learner.decay_frac * learner.episodes:.0f} episodes). AD is trained to act as this learner does {apart} "
+        f"episodes after the episode in its context, so an AD that had learned would climb faster. {learned}",
         *[f"- Ablation, {label}: {BEATS[interval_order(stats[label]['last'], ra['last'])]} RA-DT over the last "
           f"{k} held-out episodes ({stats[label]['last'][0]:.3f} vs {ra['last'][0]:.3f})." for label in labels[3:]],
         f"- Ablation, {NOT_RUN}",
