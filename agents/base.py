@@ -39,7 +39,8 @@ class Agent(ABC, Generic[ConfigT]):
 
     The constructor is a template every agent goes through, so that no step can be forgotten:
 
-    1. interventions the agent declares unsupported (``UNSUPPORTED_INTERVENTIONS``) are refused;
+    1. interventions the agent declares unsupported (``UNSUPPORTED_INTERVENTIONS``) are refused, and so is
+       an action space outside ``ACTION_SPACES``;
     2. :meth:`wrap_envs` may wrap the environments (macro-actions);
     3. :meth:`build_networks` returns the agent's freshly built networks; each passes through
        ``interventions.prepare`` (normalisation layers) and moves to the device;
@@ -64,6 +65,8 @@ class Agent(ABC, Generic[ConfigT]):
     #: config sections the agent reads besides its own (name -> dataclass), e.g. an offline agent's
     #: ``dataset``; they join the run's config (files, --set, config.yaml) and reach ``self.sections``
     SECTIONS: ClassVar[dict[str, type]] = {}
+    #: the action spaces (gymnasium space classes, by name) the agent can act in; others are refused at start-up
+    ACTION_SPACES: ClassVar[tuple[str, ...]] = ("Discrete",)
     #: what ``env_steps`` and the budget count: agent steps (online agents) or gradient updates (offline)
     budget_unit: ClassVar[str] = "step"
     #: budget units (``env_steps``) that one iteration advances
@@ -89,6 +92,10 @@ class Agent(ABC, Generic[ConfigT]):
         self.seed = seed
         self.env_steps = 0
         self.iteration = 0
+        space = getattr(envs, "single_action_space", None)
+        if space is not None and type(space).__name__ not in self.ACTION_SPACES:
+            raise ConfigError(f"{type(self).__name__} acts in {' or '.join(self.ACTION_SPACES)} action spaces; this "
+                              f"environment's is {space} (PPO takes Box actions)")
         self.envs = self.wrap_envs(envs)
         prepared = {name: interventions.prepare(net).to(device) for name, net in self.build_networks().items()}
         self.setup(prepared)

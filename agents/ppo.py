@@ -6,7 +6,8 @@ github.com/CLAIRE-Labo/no-representation-no-trust (read, not copied). What this 
 does, top to bottom:
 
 1. Collect ``num_steps`` steps from ``num_envs`` environments with the current policy,
-   storing observations, actions, log-probabilities, logits and the policy's
+   storing observations, actions, log-probabilities, the distribution's parameters (logits;
+   for Box actions a Gaussian's mean and log-std, :mod:`agents.distributions`) and the policy's
    penultimate-layer pre-activations ``phi_old`` (PFO's target features, recorded at
    rollout time by the policy that collected the data).
 2. Compute values for the whole batch once, then GAE(gamma, lambda) advantages and
@@ -37,10 +38,11 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import Agent, check_finite
+from agents.distributions import KINDS as ACTION_DISTRIBUTIONS
+from agents.distributions import ActionDistribution, for_space
 from agents.networks import (
     build_network,
     can_run_paired,
@@ -52,7 +54,7 @@ from agents.networks import (
 )
 from configs import ConfigError, param
 from envs import Episode
-from plasticity.policy import categorical_kl, clip_fraction, kl_k1, kl_k3, trust_region_ratios
+from plasticity.policy import clip_fraction, kl_k1, kl_k3, trust_region_ratios
 
 
 @dataclass
@@ -87,6 +89,10 @@ class PPOConfig:
     channels_last: bool = param("Run conv nets in channels-last layout (same maths, faster on CPU)")
     precision: str = param("Forward passes in fp32 (the paper's numerics) or under bf16 autocast (faster; "
                            "losses, optimiser and stored features stay fp32)", choices=("fp32", "bf16"))
+    action_dist: str = param("Policy distribution (agents/distributions.py): auto (categorical for Discrete "
+                             "actions, tanh_normal for bounded Box actions, gaussian for unbounded ones), categorical, "
+                             "tanh_normal (the PFO code's MuJoCo policy) or gaussian (state-independent log-std, "
+                             "CleanRL)", choices=("auto", *ACTION_DISTRIBUTIONS))
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,11 +142,6 @@ def pfo_loss(phi: Tensor, phi_old: Tensor, weight: Tensor) -> Tensor:
     return masked_mean((phi - phi_old).pow(2).mean(dim=1), weight)
 
 
-def categorical_entropy(logits: Tensor) -> Tensor:
-    logp = F.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 # ---------------------------------------------------------------------------------------
 # The agent
 # ---------------------------------------------------------------------------------------
@@ -162,17 +163,26 @@ class PPO(Agent[PPOConfig]):
     config_class = PPOConfig
 
     STATE_KEYS = ("gen", "next_obs", "prev_done")
+    ACTION_SPACES = ("Discrete", "Box")
     actor: nn.Sequential
     critic: nn.Sequential
     next_obs: Tensor  # set by restart_episodes
     prev_done: Tensor
 
+    @property
+    def dist(self) -> ActionDistribution:
+        """The policy's action distribution over this environment's action space."""
+        if not hasattr(self, "_dist"):
+            self._dist = for_space(self.cfg.action_dist, self.envs.single_action_space)
+        return self._dist
+
     def build_networks(self) -> dict[str, nn.Module]:
         """Actor and critic (with ``shared_trunk``, the critic's head alone: :meth:`setup` puts it on the
-        actor's prepared trunk)."""
+        actor's prepared trunk). A gaussian policy's log-std is a parameter of the actor, ``actor.log_std``."""
         cfg, obs_space = self.cfg, self.envs.single_observation_space
-        actor = build_network(cfg.network, obs_space.shape, int(self.envs.single_action_space.n), cfg.hidden,
-                              cfg.activation)
+        actor = build_network(cfg.network, obs_space.shape, self.dist.head_dim, cfg.hidden, cfg.activation)
+        if self.dist.kind == "gaussian":
+            actor.register_parameter("log_std", nn.Parameter(torch.zeros(self.dist.action_dim)))
         critic = build_network(cfg.network, obs_space.shape, 1, cfg.hidden, cfg.activation)
         if cfg.init == "orthogonal":
             orthogonal_init(actor, 0.01)
@@ -187,7 +197,6 @@ class PPO(Agent[PPOConfig]):
     def setup(self, networks: dict[str, nn.Module]) -> None:
         cfg, envs, device, seed = self.cfg, self.envs, self.device, self.seed
         obs_space = envs.single_observation_space
-        n_actions = int(envs.single_action_space.n)
         self.num_envs, self.num_steps = envs.num_envs, cfg.num_steps
         self.batch_size = self.steps_per_iteration = self.num_envs * self.num_steps
         if cfg.minibatch_size > self.batch_size:
@@ -233,9 +242,11 @@ class PPO(Agent[PPOConfig]):
             self.obs = torch.zeros((T, N, h, w, c), dtype=obs_dtype, device=device).permute(0, 1, 4, 2, 3)
         else:
             self.obs = torch.zeros((T, N, *obs_space.shape), dtype=obs_dtype, device=device)
-        self.actions = torch.zeros((T, N), dtype=torch.long, device=device)
+        dist = self.dist
+        action_dtype = torch.long if dist.discrete else torch.float32
+        self.actions = torch.zeros((T, N, *dist.stored_action_shape), dtype=action_dtype, device=device)
         self.logprobs = torch.zeros((T, N), device=device)
-        self.logits = torch.zeros((T, N, n_actions), device=device)
+        self.dist_params = torch.zeros((T, N, dist.param_dim), device=device)  # the policy that acted, for KL
         self.features = torch.zeros((T, N, feat_dim), device=device)
         self.rewards = torch.zeros((T, N), device=device)
         self.terminated = torch.zeros((T, N), dtype=torch.bool, device=device)
@@ -248,19 +259,25 @@ class PPO(Agent[PPOConfig]):
         with self.autocast():
             return cast(nn.Module, self.actor.scale)(obs)  # Sequential attributes are typed Tensor | Module
 
+    def _params(self, head: Tensor) -> Tensor:
+        """The actor head's output as the distribution's parameters (fp32)."""
+        log_std = cast(Tensor, self.actor.log_std) if self.dist.kind == "gaussian" else None
+        return self.dist.params(head.float(), log_std)
+
     def _policy(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, phi) from scaled observations; phi = penultimate pre-activations (or all layers')."""
+        """(distribution parameters, phi) from scaled observations; phi = penultimate pre-activations (or all
+        layers')."""
         with self.autocast():
             hidden, phi = forward_with_preactivations(self._actor_trunk, x, self.cfg.pfo_all_layers)
-            logits = cast(nn.Module, self.actor.head)(hidden)
-        return logits.float(), phi.float()
+            head = cast(nn.Module, self.actor.head)(hidden)
+        return self._params(head), phi.float()
 
     def _value(self, x: Tensor) -> Tensor:
         with self.autocast():
             return self._critic_tail(x).squeeze(-1).float()
 
     def _policy_and_value(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(logits, phi, values): a shared trunk runs once for both heads; separate actor and critic
+        """(distribution parameters, phi, values): a shared trunk runs once for both heads; separate actor and critic
         CNNs run as one paired network when they can."""
         actor, critic = cast(nn.Sequential, self.actor[1:]), cast(nn.Sequential, self.critic[1:])
         with self.autocast():
@@ -272,7 +289,7 @@ class PPO(Agent[PPOConfig]):
                 phi = pfo_features(pre, self.cfg.pfo_all_layers)
             else:
                 return (*self._policy(x), self._value(x))
-        return logits.float(), phi.float(), values.squeeze(-1).float()
+        return self._params(logits), phi.float(), values.squeeze(-1).float()
 
     # inference in chunks of the minibatch size: 1,024-observation chunks spill out of the CPU caches
     # (the critic over a 1,032-step rollout: 213 ms in chunks of 1,024, 133 ms in chunks of 256, 2-core EPYC)
@@ -289,14 +306,14 @@ class PPO(Agent[PPOConfig]):
         for t in range(self.num_steps):
             self.obs[t] = self.next_obs
             self.valid[t] = ~self.prev_done
-            logits, phi = self._policy(self._scaled(self.next_obs))
-            check_finite("policy output", logits)
-            action = torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(1)
+            params, phi = self._policy(self._scaled(self.next_obs))
+            check_finite("policy output", params)
+            action = self.dist.sample(params, self.gen)
             self.actions[t] = action
-            self.logprobs[t] = F.log_softmax(logits, -1).gather(1, action[:, None]).squeeze(1)
-            self.logits[t] = logits
+            self.logprobs[t] = self.dist.log_prob(params, action)
+            self.dist_params[t] = params
             self.features[t] = phi
-            step = self.envs.step(action.cpu().numpy())
+            step = self.envs.step(self.dist.env_actions(action))
             self.rewards[t] = torch.from_numpy(step.reward).to(self.device)
             self.terminated[t] = torch.from_numpy(step.terminated).to(self.device)
             done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
@@ -318,18 +335,19 @@ class PPO(Agent[PPOConfig]):
             adv = gae(self.rewards, values, self.terminated, self.dones, cfg.gamma, cfg.gae_lambda,
                       cfg.bootstrap_truncated)
             returns = (adv + values[:-1]).reshape(B)
-        return PPOBatch(obs, self.actions.reshape(B), self.logprobs.reshape(B), self.features.reshape(B, -1),
+        actions = self.actions.reshape(B, *self.dist.stored_action_shape)
+        return PPOBatch(obs, actions, self.logprobs.reshape(B), self.features.reshape(B, -1),
                         adv.reshape(B), returns, values[:-1].reshape(B), self.valid.reshape(B).float())
 
     def _minibatch_loss(self, batch: "PPOBatch", idx: Tensor) -> tuple[Tensor, dict[str, Tensor | float], Tensor,
                                                                          Tensor]:
         """The PPO(+PFO) loss of one minibatch; returns (loss, its terms, log-ratios, advantages used)."""
         cfg, w = self.cfg, batch.valid[idx]
-        logits, phi, values = self._policy_and_value(self._scaled(batch.obs[idx]))
-        log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[idx, None]).squeeze(1) - batch.logprobs[idx]
+        params, phi, values = self._policy_and_value(self._scaled(batch.obs[idx]))
+        log_ratio = self.dist.log_prob(params, batch.actions[idx]) - batch.logprobs[idx]
         adv = normalize_advantages(batch.advantages[idx], w) if cfg.norm_adv else batch.advantages[idx]
         policy_loss = clipped_surrogate_loss(log_ratio, adv, cfg.clip_eps, w)
-        entropy = masked_mean(categorical_entropy(logits), w)
+        entropy = masked_mean(self.dist.entropy(params), w)
         value_loss = masked_mean((values - batch.returns[idx]) ** 2, w)
         feature_loss = pfo_loss(phi, batch.features[idx], w)
         loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss
@@ -389,13 +407,13 @@ class PPO(Agent[PPOConfig]):
         keep = batch.valid > 0
         c = self.INFERENCE_CHUNK
         outs = [self._policy(self._scaled(batch.obs[i:i + c])) for i in range(0, batch.obs.shape[0], c)]
-        logits = torch.cat([o[0] for o in outs])[keep]
+        params = torch.cat([o[0] for o in outs])[keep]
         phi = torch.cat([o[1] for o in outs])[keep]
-        log_ratio = F.log_softmax(logits, -1).gather(1, batch.actions[keep, None]).squeeze(1) - batch.logprobs[keep]
+        log_ratio = self.dist.log_prob(params, batch.actions[keep]) - batch.logprobs[keep]
         ratio = log_ratio.exp()
         out = {f"trust_region/{k}": v for k, v in trust_region_ratios(ratio, self.cfg.clip_eps).items()}
-        old_logits = self.logits.reshape(-1, self.logits.shape[-1])[keep]
-        out["trust_region/kl"] = float(categorical_kl(old_logits, logits).mean())
+        old_params = self.dist_params.reshape(-1, self.dist_params.shape[-1])[keep]
+        out["trust_region/kl"] = float(self.dist.kl(old_params, params).mean())
         out["trust_region/kl_k1"] = kl_k1(log_ratio)
         out["trust_region/kl_k3"] = kl_k3(log_ratio)
         out["trust_region/feature_mse"] = float((phi - batch.features[keep]).pow(2).mean())

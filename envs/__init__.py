@@ -1,8 +1,9 @@
 """One factory, :func:`make_vec_env`, from an :class:`EnvConfig` to a batched environment.
 
 Suites (``atari``: ALE games via envpool or ale-py; ``minatar``: the MinAtar games, the CPU
-testbed; ``classic``: gymnasium classic control; ``supervised``: task streams) are records of
-the registry in :mod:`envs.suites`. See :mod:`envs.base` for the interface and its autoreset
+testbed; ``classic``: gymnasium classic control; ``gym``: any registered gymnasium id; ``mujoco``:
+gymnasium's MuJoCo tasks; ``supervised``: task streams; ``incontext``: grid-world learning
+histories) are records of the registry in :mod:`envs.suites`. See :mod:`envs.base` for the interface and its autoreset
 convention.
 """
 from __future__ import annotations
@@ -56,31 +57,45 @@ def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
     and the result a TaskStream).
     """
     spec = get_suite(suite)
+    spec.prepare(cfg)
     return spec.make(cfg, spec.canonical_id(cfg.id), seed)
 
 
-def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0,
-                         cfg: EnvConfig | None = None) -> float:
+def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0, cfg=None) -> float:
     """Mean (unclipped) return of uniformly random actions over ``episodes`` episodes.
 
     ``cfg``: the environment protocol to measure under (an agent's resolved ``env`` section, e.g. Atari's frame
-    skip and no-ops); by default MinAtar's and classic control's plain one, 8 environments.
+    skip and no-ops); by default the suite's plain one, 8 environments (MinAtar, classic control, gym, MuJoCo).
     """
     import dataclasses
 
+    import gymnasium as gym
     import numpy as np
     if cfg is None:
-        cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
-                        sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
-                        max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+        if get_suite(suite).config_class() is EnvConfig:
+            cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
+                            sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False,
+                            reward_clip=False, max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+        else:
+            from envs.gym_envs import GymEnvConfig
+            cfg = GymEnvConfig(id=env_id, module="", num_envs=8, max_episode_steps=0, normalize_obs=False,
+                               obs_norm_steps=1, time_aware=False, reward_clip=False)
     else:
-        cfg = dataclasses.replace(cfg, id=env_id, episodic_life=False, reward_clip=False)
+        changes = {"id": env_id, "reward_clip": False}
+        if hasattr(cfg, "episodic_life"):
+            changes["episodic_life"] = False
+        cfg = dataclasses.replace(cfg, **changes)
     env = make_vec_env(suite, cfg, seed)
     env.reset()
     rng = np.random.default_rng(seed)
+    space = env.single_action_space
     returns: list[float] = []
     while len(returns) < episodes:
-        returns += [e.ret for e in env.step(rng.integers(0, env.single_action_space.n, cfg.num_envs)).episodes]
+        if isinstance(space, gym.spaces.Box):
+            actions = rng.uniform(space.low, space.high, (cfg.num_envs, *space.shape)).astype(np.float32)
+        else:
+            actions = rng.integers(0, space.n, cfg.num_envs)
+        returns += [e.ret for e in env.step(actions).episodes]
     env.close()
     return float(np.mean(returns))
 

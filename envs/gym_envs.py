@@ -1,18 +1,33 @@
-"""Gymnasium environments stepped in this process: classic control and MinAtar.
+"""Gymnasium environments stepped in this process: classic control, MinAtar, any registered id, MuJoCo.
 
-These are cheap to step, so a plain loop over ``num_envs`` copies is the fastest option
-on a small machine (no inter-process traffic), and it lets the whole batch be saved by
-value (the environments and their ``np_random`` generators pickle) for exact resume.
+:class:`GymVecEnv` batches ``num_envs`` copies with gymnasium's ``SyncVectorEnv`` (next-step autoreset,
+the suite's convention): cheap environments step fastest in one process on a small machine (no
+inter-process traffic), and the batch saves by value for exact resume: the environments and their
+``np_random`` generators pickle, and a MuJoCo environment's simulation state travels beside them (pickling
+rebuilds it from scratch); an environment that does not pickle restarts its episodes on resume.
+
+Observations reach the agents as float32 vectors or images: a Box as it is (MinAtar's grids channels
+first), a Discrete as a one-hot vector. Two options of the PFO code's MuJoCo setting
+(``configs/env/gym-mujoco.yaml``, ``modules/env.py``) are here too:
+
+* ``normalize_obs``: (obs - mean) / std with statistics fixed at the start from ``obs_norm_steps``
+  steps of uniformly random actions (torchrl ``ObservationNorm.init_stats``, as the PFO code; not a
+  running average). They are computed on copies of the environment seeded apart, so the training
+  environments start as they would without normalisation, and they are part of the saved state.
+* ``time_aware``: the step count within the episode appended as ``2 t / T - 1`` (T the time limit), so
+  that treating the time limit as termination (``ppo.bootstrap_truncated: false``, the PFO code's
+  ``use_truncation_as_termination``) leaves the value a function of the observation.
 """
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
-from configs import ConfigError
+from configs import ConfigError, param
 from envs.base import EpisodeTracker, VecEnv, VecStep
 
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
@@ -20,68 +35,167 @@ CLASSIC_CONTROL = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
 
 
 def minatar_obs(obs: np.ndarray) -> np.ndarray:
-    """MinAtar's (10, 10, C) bool grid -> (C, 10, 10) uint8, channels first for Conv2d."""
-    return np.ascontiguousarray(np.moveaxis(obs, -1, 0), dtype=np.uint8)
+    """A batch of MinAtar's (10, 10, C) bool grids -> (n, C, 10, 10) uint8, channels first for Conv2d."""
+    return np.ascontiguousarray(np.moveaxis(obs, -1, 1), dtype=np.uint8)
+
+
+@dataclass
+class GymEnvConfig:
+    """A registered gymnasium environment, batched in this process."""
+    id: str = param("Registered gymnasium id (any: python -m runners.gym --help lists them; --env-module "
+                    "imports a module that registers more)")
+    module: str = param("Python modules to import before the id is looked up, comma-separated (they register "
+                        "their environments with gymnasium)")
+    num_envs: int = param("Environments stepped in parallel", min=1)
+    max_episode_steps: int = param("Time limit in steps (0: the environment's registered one)", min=0)
+    normalize_obs: bool = param("Normalise observations with statistics from random-action steps at the start")
+    obs_norm_steps: int = param("Random-action steps (over all environments) for the normalisation statistics",
+                                min=1)
+    time_aware: bool = param("Append the step count within the episode, scaled to [-1, 1], to the observation")
+    reward_clip: bool = param("Learn from sign(reward); episode returns stay unclipped")
+
+
+ObsTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def check_spaces(env_id: str, observation: gym.Space, action: gym.Space) -> None:
+    """ConfigError unless the agents can take the observations (Box or Discrete) and the actions (Discrete or a
+    one-dimensional Box)."""
+    if not isinstance(observation, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise ConfigError(f"{env_id} observes {observation}; the agents here take Box or Discrete observations "
+                          "(flatten or select the parts first, e.g. with gymnasium.wrappers.FlattenObservation)")
+    if not (isinstance(action, gym.spaces.Discrete) or (isinstance(action, gym.spaces.Box) and len(action.shape) == 1)):
+        raise ConfigError(f"{env_id} acts in {action}; the agents here take Discrete or one-dimensional Box actions")
+
+
+def _mujoco_state(env: gym.Env) -> dict[str, Any] | None:
+    """A MuJoCo environment's simulation and generator state, or None for other environments. Pickling a
+    ``MujocoEnv`` rebuilds it from its constructor arguments (``EzPickle``), which loses both."""
+    u: Any = env.unwrapped  # a MujocoEnv (model, data) when it is MuJoCo
+    if type(getattr(u, "data", None)).__module__.split(".")[0] != "mujoco":
+        return None
+    import mujoco
+    kind = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads: time, qpos, qvel, act, warm start, ...
+    physics = np.empty(mujoco.mj_stateSize(u.model, kind))
+    mujoco.mj_getState(u.model, u.data, physics, kind)
+    return {"physics": physics, "rng": u.np_random.bit_generator.state}
+
+
+def _restore_mujoco_state(env: gym.Env, state: dict[str, Any] | None) -> None:
+    if state is None:
+        return
+    import mujoco
+    u: Any = env.unwrapped  # a MujocoEnv (model, data) when it is MuJoCo
+    mujoco.mj_setState(u.model, u.data, state["physics"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    u.np_random.bit_generator.state = state["rng"]
 
 
 class GymVecEnv(VecEnv):
-    """``num_envs`` gymnasium environments in a loop, with next-step autoreset."""
+    """``num_envs`` gymnasium environments in gymnasium's ``SyncVectorEnv`` with next-step autoreset.
+
+    ``obs_transform`` maps a batch of raw observations to what the agents see (default: float32; a Discrete
+    space one-hot). ``normalize_obs``/``time_aware``: the module docstring.
+    """
 
     def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, seed: int,
-                 obs_transform: Callable[[np.ndarray], np.ndarray] | None = None):
-        self.envs = [make_env() for _ in range(num_envs)]
+                 obs_transform: ObsTransform | None = None, normalize_obs: bool = False, obs_norm_steps: int = 2000,
+                 time_aware: bool = False, reward_clip: bool = False):
+        self._make = make_env
+        self.vec = gym.vector.SyncVectorEnv([make_env for _ in range(num_envs)],
+                                            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         self.num_envs = num_envs
         self._seed = seed
+        env = self.vec.envs[0]
+        self.env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        check_spaces(self.env_id, env.observation_space, env.action_space)
+        if obs_transform is None and isinstance(env.observation_space, gym.spaces.Discrete):
+            n = int(env.observation_space.n)
+            obs_transform = lambda o: np.eye(n, dtype=np.float32)[np.asarray(o, np.int64)]  # noqa: E731
         self._transform = obs_transform or (lambda o: np.asarray(o, dtype=np.float32))
-        space = self.envs[0].observation_space
-        if not isinstance(self.envs[0].action_space, gym.spaces.Discrete):
-            spec = self.envs[0].spec
-            assert spec is not None  # the factories build their environments with gym.make, which sets it
-            raise ConfigError(f"{spec.id} has a continuous action space; "
-                              "the agents here need discrete actions")
-        sample = self._transform(space.sample())
+        self._normalize, self._norm_steps, self._reward_clip = normalize_obs, obs_norm_steps, reward_clip
+        self._horizon = env.spec.max_episode_steps if env.spec is not None else None
+        if time_aware and not self._horizon:
+            raise ConfigError(f"env.time_aware needs a time limit, and {self.env_id} registers none: set "
+                              "env.max_episode_steps")
+        self._time_aware = time_aware
+        self.mean: np.ndarray | None = None  # the normalisation statistics, once computed
+        self.std: np.ndarray | None = None
+        sample = self._observe(self._transform(np.stack([env.observation_space.sample()])), np.zeros(1))[0]
         low, high = (0, 1) if sample.dtype == np.uint8 else (-np.inf, np.inf)  # uint8 only from MinAtar's 0/1 grids
         # gymnasium annotates Box's dtype as a scalar type, though it takes an np.dtype (np.dtype(dtype) inside)
         self.single_observation_space = gym.spaces.Box(low, high, sample.shape, sample.dtype)  # type: ignore[arg-type]
-        self.single_action_space = self.envs[0].action_space
-        self._obs = np.zeros((num_envs, *sample.shape), sample.dtype)
+        self.single_action_space = env.action_space  # type: ignore[assignment]  # Discrete or Box (check_spaces)
+        self._box_actions = isinstance(env.action_space, gym.spaces.Box)
+        self._steps = np.zeros(num_envs, np.int64)  # steps into the current episode (time_aware)
         self._was_done = np.zeros(num_envs, bool)
         self._tracker = EpisodeTracker(num_envs)
+        try:
+            pickle.dumps(self.vec.envs[0])
+        except Exception:  # noqa: BLE001 -- any failure to pickle means the same: no exact resume
+            self.can_save_state = False
+
+    def _observe(self, raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        obs = raw
+        if self.mean is not None and self.std is not None:
+            obs = ((obs - self.mean) / self.std).astype(np.float32)
+        if self._time_aware:
+            assert self._horizon
+            t = (2.0 * steps / self._horizon - 1.0).astype(np.float32)
+            obs = np.concatenate([obs.reshape(len(obs), -1), t[:, None]], 1)
+        return obs
+
+    def _norm_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (floored at 1e-6) of the observations of ``obs_norm_steps`` random-action steps over
+        copies of the environment seeded apart from the training ones."""
+        vec = gym.vector.SyncVectorEnv([self._make for _ in range(self.num_envs)],
+                                       autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        vec.action_space.seed(self._seed + 1_000_003)
+        seen = [self._transform(vec.reset(seed=self._seed + 1_000_003)[0])]
+        for _ in range(max(1, self._norm_steps // self.num_envs) - 1):
+            seen.append(self._transform(vec.step(vec.action_space.sample())[0]))
+        vec.close()
+        data = np.concatenate(seen).astype(np.float64)
+        return data.mean(0).astype(np.float32), np.maximum(data.std(0), 1e-6).astype(np.float32)
 
     def reset(self) -> np.ndarray:
-        for i, env in enumerate(self.envs):
-            obs, _ = env.reset(seed=self._seed + i)
-            self._obs[i] = self._transform(obs)
+        if self._normalize and self.mean is None:
+            self.mean, self.std = self._norm_statistics()
+        raw: Any = self.vec.reset(seed=self._seed)[0]
+        self._steps[:] = 0
         self._was_done[:] = False
         self._tracker = EpisodeTracker(self.num_envs)
-        return self._obs.copy()
+        return self._observe(self._transform(raw), self._steps)
 
     def step(self, actions: np.ndarray) -> VecStep:
-        n = self.num_envs
-        raw = np.zeros(n, np.float64)
-        term, trunc = np.zeros(n, bool), np.zeros(n, bool)
-        for i, env in enumerate(self.envs):
-            if self._was_done[i]:
-                obs, _ = env.reset()
-            else:
-                obs, raw[i], term[i], trunc[i], _ = env.step(int(actions[i]))
-            self._obs[i] = self._transform(obs)
+        actions = np.asarray(actions, np.float32 if self._box_actions else np.int64)
+        out: tuple[Any, ...] = self.vec.step(actions)
+        raw_obs, raw = out[0], np.asarray(out[1], np.float64)
+        term, trunc = np.asarray(out[2], bool), np.asarray(out[3], bool)
+        self._steps = np.where(self._was_done, 0, self._steps + 1)
         episodes = self._tracker.update(raw, ~self._was_done, term | trunc)
         self._was_done = term | trunc
-        return VecStep(self._obs.copy(), raw.astype(np.float32), term, trunc, episodes)
+        reward = np.sign(raw) if self._reward_clip else raw
+        return VecStep(self._observe(self._transform(raw_obs), self._steps), reward.astype(np.float32), term, trunc,
+                       episodes)
 
     def get_state(self) -> dict[str, Any]:
-        return {"backend": "gym", "envs": pickle.dumps(self.envs), "obs": self._obs.copy(),
-                "was_done": self._was_done.copy(), "tracker": self._tracker.state_dict()}
+        return {"backend": "gym", "envs": pickle.dumps(self.vec.envs) if self.can_save_state else None,
+                "mujoco": [_mujoco_state(env) for env in self.vec.envs],
+                "autoreset": self.vec._autoreset_envs.copy(),  # gymnasium 1.2's next-step autoreset flags
+                "steps": self._steps.copy(), "was_done": self._was_done.copy(), "mean": self.mean, "std": self.std,
+                "tracker": self._tracker.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for env in self.envs:
+        for env in self.vec.envs:
             env.close()
-        self.envs = pickle.loads(state["envs"])
-        self._obs[:] = state["obs"]
+        self.vec.envs = pickle.loads(state["envs"])
+        for env, sim in zip(self.vec.envs, state["mujoco"]):
+            _restore_mujoco_state(env, sim)
+        self.vec._autoreset_envs[:] = state["autoreset"]
+        self._steps[:] = state["steps"]
         self._was_done[:] = state["was_done"]
+        self.mean, self.std = state["mean"], state["std"]
         self._tracker.load_state_dict(state["tracker"])
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.vec.close()

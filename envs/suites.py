@@ -13,6 +13,7 @@ three-line entry point ``runners/<name>.py``. Back ends are imported only when a
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ class Suite:
     ignore_case: bool = True
     rl: bool = True  # the RL agents (agents.RL_SUITES) run on it
     budget: str = "steps"  # what run.total_steps counts: "steps" (--total-steps) or "updates" (--total-updates)
+    prepare: Callable[[Any], None] = lambda cfg: None  # runs before ids are looked up (imports env.module)
+    family_configs: str = ""  # folder of configs/ with the per-agent overrides (default: the suite's name)
+    #: above this many ids, an unknown id's error names the closest ones rather than all
+    LIST_ALL: int = 40
 
     def config_class(self) -> type:
         module, _, cls = self.config.partition(":")
@@ -47,7 +52,12 @@ class Suite:
         for known in ids:
             if known == wanted or (self.ignore_case and known.lower() == wanted.lower()):
                 return known
-        raise ConfigError(f"unknown {self.id_kind} '{env_id}'; valid {self.ids_name}: {', '.join(ids)}")
+        if len(ids) <= self.LIST_ALL:
+            raise ConfigError(f"unknown {self.id_kind} '{env_id}'; valid {self.ids_name}: {', '.join(ids)}")
+        close = difflib.get_close_matches(wanted, ids, n=6, cutoff=0.5)
+        hint = f"closest {self.ids_name}: {', '.join(close)}" if close else f"none of the {self.ids_name} is close"
+        raise ConfigError(f"unknown {self.id_kind} '{env_id}'; {hint} (python -m runners.{self.name} --help lists "
+                          f"all {len(ids)})")
 
 
 REGISTRY: dict[str, Suite] = {}
@@ -132,6 +142,59 @@ register(Suite("minatar", "MinAtar games, in-process", "envs:EnvConfig", _minata
                alias=lambda env_id: env_id.removeprefix("MinAtar/").split("-")[0]))
 register(Suite("classic", "gymnasium classic control", "envs:EnvConfig", _classic_ids, _make_classic,
                default_agent="ppo_pfo", id_kind="classic-control environment"))
+def import_env_modules(cfg) -> None:
+    """Import the modules named in ``env.module`` (comma-separated): they register environments with gymnasium."""
+    for name in filter(None, (m.strip() for m in cfg.module.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"env.module: cannot import '{name}' ({exc})") from None
+
+
+def _gym_ids() -> list[str]:
+    import gymnasium as gym
+    return sorted(gym.registry)
+
+
+def _make_gym(cfg, env_id: str, seed: int):
+    import gymnasium as gym
+
+    from envs.gym_envs import GymVecEnv
+
+    def make() -> gym.Env:
+        try:
+            return gym.make(env_id, max_episode_steps=cfg.max_episode_steps or None)
+        except gym.error.DependencyNotInstalled as exc:
+            raise ConfigError(f"{env_id} needs a package that is not installed: {exc}") from None
+    return GymVecEnv(make, cfg.num_envs, seed, normalize_obs=cfg.normalize_obs, obs_norm_steps=cfg.obs_norm_steps,
+                     time_aware=cfg.time_aware, reward_clip=cfg.reward_clip)
+
+
+#: the MuJoCo tasks of the PFO paper (Moalla et al. 2024), at gymnasium's v5
+PFO_MUJOCO = ("Ant-v5", "HalfCheetah-v5", "Humanoid-v5", "Hopper-v5")
+
+
+def _mujoco_ids() -> list[str]:
+    import gymnasium as gym
+    return sorted(k for k, spec in gym.registry.items()
+                  if isinstance(spec.entry_point, str) and spec.entry_point.startswith("gymnasium.envs.mujoco")
+                  and spec.version == 5)
+
+
+def _make_mujoco(cfg, env_id: str, seed: int):
+    try:
+        import mujoco  # noqa: F401
+    except ImportError:
+        raise ConfigError("the mujoco suite needs the 'mujoco' package: pip install -e '.[mujoco]'") from None
+    return _make_gym(cfg, env_id, seed)
+
+
+register(Suite("gym", "any registered gymnasium environment (--env-module imports one that registers more)",
+               "envs.gym_envs:GymEnvConfig", _gym_ids, _make_gym, default_agent="ppo",
+               id_kind="gymnasium id", ids_name="registered ids", prepare=import_env_modules, family_configs="classic"))
+register(Suite("mujoco", "gymnasium's MuJoCo v5 tasks, with the PFO paper's settings", "envs.gym_envs:GymEnvConfig",
+               _mujoco_ids, _make_mujoco, default_agent="ppo_pfo", id_kind="MuJoCo task", ids_name="tasks",
+               prepare=import_env_modules))
 register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
                _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
                ignore_case=False, rl=False))

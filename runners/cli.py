@@ -1,4 +1,4 @@
-"""Command line shared by the suite runners (``python -m runners.atari``, ``.minatar``, ``.classic``).
+"""Command line shared by the suite runners (``python -m runners.atari``, ``.minatar``, ``.classic``, ``.gym``, ...).
 
 Configuration layers, later wins:
 
@@ -32,6 +32,7 @@ from typing import AbstractSet, Any
 from agents import AGENTS, AgentSpec, agents_for, get_agent
 from configs import ConfigError, describe, dump_yaml, load_layers, parse_assignment
 from envs import get_suite
+from envs.suites import REGISTRY
 from plasticity.interventions import REGISTRY as INTERVENTIONS
 from runners.rundir import RUN_FORMAT, config_files, make_agent, new_run_dir, open_run, resolve, schema_for
 
@@ -51,6 +52,9 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
     parser.add_argument("--agent", "--learner", default=default_agent,
                         help=f"agent (learner) name (default {default_agent})")
     parser.add_argument("--env", help="game / environment id (shortcut for --set env.id=...)")
+    parser.add_argument("--env-module", metavar="MODULE[,MODULE]",
+                        help="gym and mujoco suites: import these modules first, so that the environments they "
+                             "register can be named with --env (shortcut for --set env.module=...)")
     parser.add_argument("--seed", help="shortcut for --set run.seed=...")
     parser.add_argument("--total-steps", help="shortcut for --set run.total_steps=... (agent steps)")
     parser.add_argument("--total-updates", help="offline agents' budget in gradient updates (run.total_steps)")
@@ -137,7 +141,12 @@ def shortcut_overrides(args: argparse.Namespace, suite: str) -> list[tuple[str, 
     for unit, (flag, value) in budget_flags.items():
         if value is not None and unit != wanted:
             raise ConfigError(f"the {suite} suite's budget is in {wanted}: use {budget_flags[wanted][0]}, not {flag}")
-    pairs = [("env.id", args.env), ("run.seed", args.seed), ("run.total_steps", args.total_steps),
+    if args.env_module is not None and "module" not in {f.name for f in fields(get_suite(suite).config_class())}:
+        with_modules = [name for name, s in REGISTRY.items() if "module" in {f.name for f in fields(s.config_class())}]
+        raise ConfigError(f"--env-module is for the suites that take any registered id ({', '.join(with_modules)}), "
+                          f"not {suite}")
+    pairs = [("env.id", args.env), ("env.module", args.env_module), ("run.seed", args.seed),
+             ("run.total_steps", args.total_steps),
              ("run.total_steps", args.total_updates), ("run.eval_episodes", args.eval_episodes),
              ("run.device", args.device), ("run.experiment", args.experiment), ("run.run_name", args.run_name),
              ("run.results_dir", args.results_dir)]

@@ -33,7 +33,7 @@ RESUME_OVERRIDABLE = {"run.total_steps", "run.device", "run.progress", "run.torc
 
 def config_files(suite: str, spec: AgentSpec) -> list[Path]:
     files = [CONFIG_DIR / f"{suite}.yaml", CONFIG_DIR / "interventions.yaml", CONFIG_DIR / f"{spec.family}.yaml",
-             CONFIG_DIR / suite / f"{spec.family}.yaml"]
+             CONFIG_DIR / (get_suite(suite).family_configs or suite) / f"{spec.family}.yaml"]
     if spec.variant:
         files.append(CONFIG_DIR / f"{spec.variant}.yaml")
     return [f for f in files if f.is_file()]
@@ -52,6 +52,7 @@ def resolve(suite: str, spec: AgentSpec, files: list[Path], overrides: list[tupl
     for key, _ in overrides:
         sources[key] = "command line"
     sections = {name: build_section(cls, merged.get(name, {}), name) for name, cls in schema.items()}
+    get_suite(suite).prepare(sections["env"])
     sections["env"].id = canonical_id(suite, sections["env"].id)
     parse_use(sections["interventions"].use)
     return sections, sources

@@ -50,3 +50,13 @@ def test_rainbow_with_macros_learns_minatar_breakout_clearly_above_random(tmp_pa
     summary = train("minatar", ["--agent", "rainbow_macro", "--seed", "1", "--total-steps", "20000"], tmp_path, "macro")
     assert summary["return_mean_last100"] >= max(3 * random_return, 1.5), \
         (summary["return_mean_last100"], random_return)
+
+
+def test_ppo_pfo_balances_the_inverted_pendulum_on_the_papers_mujoco_settings(tmp_path):
+    """PFO's MuJoCo setting (configs/mujoco.yaml, configs/mujoco/ppo.yaml: 2 envs x 1024 steps, 10 epochs, TanhNormal
+    policy, normalised time-aware observations) on InvertedPendulum-v5 (1000 at most, random play ~5): 30 batches."""
+    random_return = random_policy_return("mujoco", "InvertedPendulum-v5")
+    finals = [train("mujoco", ["--agent", "ppo_pfo", "--env", "InvertedPendulum-v5", "--seed", str(seed),
+                               "--total-steps", "61440"], tmp_path, f"s{seed}")["return_mean_last100"]
+              for seed in (1, 2, 3)]
+    assert sum(r >= max(200, 20 * random_return) for r in finals) >= 2, (finals, random_return)

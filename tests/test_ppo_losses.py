@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from agents.distributions import categorical_entropy
 from agents.networks import (
     can_run_paired,
     forward_with_preactivations,
@@ -13,7 +14,7 @@ from agents.networks import (
     pfo_features,
     to_channels_last,
 )
-from agents.ppo import categorical_entropy, clipped_surrogate_loss, gae, masked_mean, normalize_advantages, pfo_loss
+from agents.ppo import clipped_surrogate_loss, gae, masked_mean, normalize_advantages, pfo_loss
 from plasticity.policy import categorical_kl, clip_fraction, excess_ratio_tail, kl_k1, kl_k3, trust_region_ratios
 
 

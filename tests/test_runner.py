@@ -28,6 +28,9 @@ TINY = {
                 "--set", "diagnostics.interval=3", "--set", "diagnostics.probe_size=128",
                 "--set", "run.checkpoint_steps=1000", "--total-steps", "4096"],
 }
+MUJOCO_TINY = ["--env", "HalfCheetah-v5", "--set", "ppo.num_steps=64", "--set", "ppo.minibatch_size=32",
+               "--set", "ppo.epochs=2", "--set", "env.obs_norm_steps=200", "--set", "diagnostics.interval=3",
+               "--set", "diagnostics.probe_size=64", "--set", "run.checkpoint_steps=256", "--total-steps", "1280"]
 ALE_TINY = ["--env", "Breakout", "--set", "env.backend=ale", "--set", "env.num_envs=2", "--set", "ppo.num_steps=32",
             "--set", "ppo.minibatch_size=32", "--set", "diagnostics.interval=3", "--set", "diagnostics.probe_size=64",
             "--set", "run.checkpoint_steps=200", "--total-steps", "1280"]
@@ -137,8 +140,9 @@ OFF_POLICY_TINY = ["--env", "Breakout", "--set", "env.num_envs=2", "--set", "dia
     ("minatar", "rainbow_masp", [*OFF_POLICY_TINY, "--set", "rainbow.learning_starts=200", "--set",
                                  "rainbow.iteration_steps=200", "--set", "rainbow.buffer_size=2000", "--set",
                                  "rainbow.masp_period=5"], signal.SIGTERM),
+    ("mujoco", "ppo_pfo", MUJOCO_TINY, signal.SIGTERM),
 ], ids=["ppo_pfo-minatar-SIGUSR1", "ppo_pfo-classic-SIGTERM", "ppo_pfo-ale-SIGTERM", "dqn_soft_reset-minatar",
-        "rainbow_masp-minatar"])
+        "rainbow_masp-minatar", "ppo_pfo-mujoco-SIGTERM"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(suite, agent, args, sig, tmp_path):
     args = ["--agent", agent, "--seed", "4", *args]
     rc, full = run_main(suite, args, tmp_path, "full")
@@ -204,7 +208,7 @@ def test_a_run_that_predates_a_config_field_resumes_with_its_default(tmp_path, c
 @pytest.mark.parametrize("argv,message", [
     (["--agent", "nope"], "unknown agent 'nope' for the atari suite; valid agents: ppo, ppo_pfo"),
     (["--agent", "online"], "unknown agent 'online' for the atari suite"),
-    (["--env", "Pongg"], "unknown Atari game 'Pongg'; valid games:"),
+    (["--env", "Pongg"], "unknown Atari game 'Pongg'; closest games: Pong"),
     (["--set", "ppo.epoch=3"], "unknown field 'ppo.epoch'; valid fields of 'ppo':"),
     (["--set", "ppo.lr=-1"], "ppo.lr: -1.0 is out of range (must be > 0.0)"),
     (["--set", "ppo.epochs=many"], "ppo.epochs: expected an integer, got 'many'"),
