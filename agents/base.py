@@ -126,6 +126,11 @@ class Agent(ABC, Generic[ConfigT]):
         return PlasticityMonitor(self.networks(), self.optimizers(), cfg, loss_fn=self.diagnostic_loss)
 
     # -- what the runner calls -------------------------------------------------------------------
+    def policy_actions(self, obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+        """The trained policy's actions for a batch of observations of :attr:`envs`, as they take them
+        (``runners.evaluate``): the most likely action with ``deterministic``, else one drawn from the policy."""
+        raise ConfigError(f"the {type(self).__name__} agent has no policy that runners.evaluate can roll out")
+
     @abstractmethod
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
         """Collect experience and update once; return scalar metrics and finished episodes.

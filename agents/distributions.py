@@ -106,6 +106,11 @@ class ActionDistribution:
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + log_std.exp() * noise
 
+    def mode(self, params: Tensor) -> Tensor:
+        """The most likely stored action: the arg-max logit, or the Gaussian's mean (squashed by ``env_actions`` for
+        ``tanh_normal``: tanh of the mean, torchrl's deterministic TanhNormal action)."""
+        return params.argmax(-1) if self.discrete else self._gaussian(params)[0]
+
     def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
         if self.discrete:
             return F.log_softmax(params, -1).gather(1, actions[:, None]).squeeze(1)

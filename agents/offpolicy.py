@@ -107,6 +107,17 @@ class OffPolicyAgent(Agent[OffPolicyConfigT]):
         random = torch.randint(0, self.num_actions, (self.num_envs,), generator=self.gen)
         return torch.where(explore, random, greedy)
 
+    @torch.no_grad()
+    def policy_actions(self, obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+        """Greedy actions; not ``deterministic``: epsilon-greedy at the end of training's epsilon (``eps_end``),
+        or, with noisy nets, greedy under freshly drawn noise."""
+        greedy = self.q_values(torch.from_numpy(obs).to(self.device)).argmax(-1).cpu()
+        if deterministic or not self.explores():
+            return greedy.numpy()
+        explore = torch.rand(len(greedy), generator=generator) < self.cfg.eps_end
+        random = torch.randint(0, self.num_actions, (len(greedy),), generator=generator)
+        return torch.where(explore, random, greedy).numpy()
+
     def count_update(self) -> None:
         """One gradient update done; the target network copies the online one every ``target_update_period``."""
         self.updates += 1

@@ -433,6 +433,12 @@ class PPO(Agent[PPOConfig]):
         return metrics, episodes
 
     # -- runner interface --------------------------------------------------------------------
+    @torch.no_grad()
+    def policy_actions(self, obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+        params, _ = self._policy(self._scaled(torch.from_numpy(obs).to(self.device)))
+        action = self.dist.mode(params) if deterministic else self.dist.sample(params, generator)
+        return self.dist.env_actions(action)
+
     def networks(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic}
 

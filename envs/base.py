@@ -90,5 +90,10 @@ class VecEnv(ABC):
     @abstractmethod
     def set_state(self, state: dict[str, Any]) -> None: ...
 
+    def adopt_preprocessing(self, state: dict[str, Any]) -> None:
+        """Take the observation preprocessing learned in the run that saved ``state`` (a :meth:`get_state`),
+        e.g. normalisation statistics, without its environments' state: a policy evaluated on fresh
+        environments sees observations as it did in training. Default: nothing to adopt."""
+
     def close(self) -> None:
         pass

@@ -197,5 +197,8 @@ class GymVecEnv(VecEnv):
         self.mean, self.std = state["mean"], state["std"]
         self._tracker.load_state_dict(state["tracker"])
 
+    def adopt_preprocessing(self, state: dict[str, Any]) -> None:
+        self.mean, self.std = state.get("mean"), state.get("std")
+
     def close(self) -> None:
         self.vec.close()

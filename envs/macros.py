@@ -121,6 +121,9 @@ class MacroVecEnv:
         return MacroStep(step.obs, reward, step.terminated, step.truncated, step.episodes, completed, steps,
                          step.reward)
 
+    def adopt_preprocessing(self, state: dict[str, Any]) -> None:
+        self.env.adopt_preprocessing(state["env"])
+
     def get_state(self) -> dict[str, Any]:
         return {"env": self.env.get_state(), "queue": [list(q) for q in self.queue], "acc": self.acc.copy(),
                 "k": self.k.copy(), "after_end": self.after_end.copy()}

@@ -1,0 +1,154 @@
+"""``python -m runners.evaluate RUN_DIR [--checkpoint NAME] [--episodes 10] [--stochastic]``: roll out a saved policy.
+
+The run's own config rebuilds its agent and environments (the training protocol: Atari's frame skip, sticky
+actions and no-ops; the observation normalisation statistics of the run), on environments seeded apart from
+training's (``--seed``). Episodes are real ones (game overs, not lost lives). Each of the ``num_envs``
+environments plays its share of the episodes, in order, so that short episodes are not over-represented (taking
+the first N to finish would be). Actions are the policy's most likely ones, or drawn from it with
+``--stochastic`` (:meth:`agents.base.Agent.policy_actions`).
+
+Prints the mean and the interquartile mean (IQM) of the returns with 95% percentile-bootstrap intervals over
+episodes, and appends the evaluation to ``RUN_DIR/eval.json`` (written atomically; earlier entries are kept).
+Any error in what was asked is one line and exit status 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from configs import ConfigError
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation environments are seeded apart from training's (env_seed(run.seed) + i)
+
+
+def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool = False) -> list[dict[str, Any]]:
+    """``episodes`` episodes of ``agent``'s policy on ``agent.envs`` (reset here): each environment plays
+    its share in order. Returns (return, length, environment) per episode, in the order they ended."""
+    import torch
+    envs = agent.envs
+    n = envs.num_envs
+    quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
+    played = np.zeros(n, np.int64)
+    generator = torch.Generator().manual_seed(seed)
+    out: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=episodes, desc="evaluate", unit="episode", file=sys.stderr)
+    obs = envs.reset()
+    while len(out) < episodes:
+        step = envs.step(agent.policy_actions(obs, deterministic, generator))
+        for ep in step.episodes:
+            if played[ep.env_index] < quota[ep.env_index]:
+                played[ep.env_index] += 1
+                out.append({"return": ep.ret, "length": ep.length, "env": ep.env_index})
+                if bar is not None:
+                    bar.update(1)
+        obs = step.obs
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def summarise(returns: np.ndarray) -> dict[str, float]:
+    """Mean and IQM of the episode returns with 95% percentile-bootstrap intervals (runners.aggregate)."""
+    from runners.aggregate import bootstrap_ci, iqm, mean
+    lo, hi = bootstrap_ci(returns, mean)
+    ilo, ihi = bootstrap_ci(returns, iqm)
+    return {"mean": float(returns.mean()), "mean_lo": lo, "mean_hi": hi, "iqm": iqm(returns), "iqm_lo": ilo,
+            "iqm_hi": ihi, "median": float(np.median(returns)), "min": float(returns.min()),
+            "max": float(returns.max())}
+
+
+def read_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The evaluations already in ``eval.json`` (none when it does not exist), or ConfigError when unreadable."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        entries = data["evaluations"]
+        assert isinstance(entries, list)
+        return entries
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ConfigError(f"{path} exists but is not an evaluation record ({exc}); move it away to evaluate here, "
+                          "so that nothing in it is lost") from None
+
+
+def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool, seed: int, device: str,
+             progress: bool) -> dict[str, Any]:
+    import torch
+
+    from envs import make_vec_env
+    from runners.rundir import open_run
+    from runners.storage import atomic_write_json
+    from runners.train import env_seed, resolve_device
+    run = open_run(run_dir, checkpoint=checkpoint)
+    ckpt_path = run.ckpt_dir / checkpoint
+    ckpt = run.load_checkpoint(ckpt_path)
+    record = run_dir / "eval.json"
+    earlier = read_evaluations(record)  # refuse before any work when it cannot be extended
+    sections = run.sections
+    torch.set_num_threads(sections["run"].torch_threads or torch.get_num_threads())
+    envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
+    try:
+        agent = run.make_agent(envs, resolve_device(device), sections["run"].seed)
+        agent.load_state_dict(ckpt["agent"])
+        for net in agent.networks().values():
+            net.eval()
+        agent.envs.adopt_preprocessing(ckpt["envs"])
+        t0 = time.perf_counter()
+        played = rollout(agent, episodes, deterministic, seed, progress)
+        seconds = time.perf_counter() - t0
+    finally:
+        envs.close()
+    returns = np.array([e["return"] for e in played])
+    entry = {"checkpoint": checkpoint, "env_steps": int(ckpt["agent"]["env_steps"]), "episodes": episodes,
+             "actions": "deterministic" if deterministic else "stochastic", "seed": seed,
+             "env": sections["env"].id, "agent": run.spec.name, **summarise(returns),
+             "mean_length": float(np.mean([e["length"] for e in played])), "seconds": round(seconds, 2),
+             "returns": returns.tolist(), "lengths": [e["length"] for e in played],
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(record, {"evaluations": [*earlier, entry]})
+    return entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runners.evaluate", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory (results/<suite>/<run>)")
+    parser.add_argument("--checkpoint", default="latest.pt", metavar="NAME",
+                        help="a file of RUN_DIR/checkpoints/ (default latest.pt), e.g. step_000000004096.pt")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    parser.add_argument("--stochastic", action="store_true", help="draw actions from the policy (default: its "
+                        "most likely action; epsilon-greedy agents use their final epsilon)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (environments and sampling)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+        entry = evaluate(args.run_dir, args.checkpoint, args.episodes, not args.stochastic, args.seed, args.device,
+                         progress=not args.no_progress and sys.stderr.isatty())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir} {args.checkpoint} ({entry['env_steps']} steps), {entry['episodes']} {entry['actions']} "
+          f"episodes of {entry['env']}: mean {entry['mean']:.2f} [{entry['mean_lo']:.2f}, {entry['mean_hi']:.2f}], "
+          f"IQM {entry['iqm']:.2f} [{entry['iqm_lo']:.2f}, {entry['iqm_hi']:.2f}] (95% bootstrap over episodes); "
+          f"written to {args.run_dir / 'eval.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

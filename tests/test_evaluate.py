@@ -1,0 +1,98 @@
+"""runners.evaluate: a saved policy rolled out on fresh environments, its returns summarised and recorded."""
+import json
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs import Episode, VecStep
+from envs.gym_envs import GymVecEnv
+from runners.cli import main as train
+from runners.evaluate import main, rollout, summarise
+
+
+class Lengths:
+    """Env i's episodes last lengths[i] steps; each episode's return is its env's index + 1."""
+
+    def __init__(self, lengths):
+        self.lengths, self.num_envs = np.array(lengths), len(lengths)
+
+    def reset(self):
+        self.t = np.zeros(self.num_envs, int)
+        return np.zeros((self.num_envs, 1), np.float32)
+
+    def step(self, actions):
+        self.t += 1
+        done = self.t == self.lengths
+        episodes = [Episode(float(i + 1), int(self.lengths[i]), int(i)) for i in np.flatnonzero(done)]
+        self.t[done] = 0
+        return VecStep(np.zeros((self.num_envs, 1), np.float32), np.zeros(self.num_envs, np.float32), done,
+                       np.zeros(self.num_envs, bool), episodes)
+
+
+def test_each_environment_plays_its_share_so_short_episodes_are_not_favoured():
+    agent = SimpleNamespace(envs=Lengths([1, 10]), policy_actions=lambda obs, det, gen: np.zeros(len(obs), int))
+    played = rollout(agent, 4, True, seed=0)
+    # the first four to finish would all be env 0's one-step episodes; here each env plays two
+    assert sorted(e["env"] for e in played) == [0, 0, 1, 1]
+    assert sorted(e["return"] for e in played) == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_summary_by_hand():
+    s = summarise(np.array([0.0, 1.0, 2.0, 10.0]))
+    assert s["mean"] == 3.25 and s["iqm"] == 1.5 and s["median"] == 1.5  # IQM: the mean of the middle two
+    assert s["mean_lo"] <= 3.25 <= s["mean_hi"] and s["min"] == 0.0 and s["max"] == 10.0
+
+
+def test_normalisation_statistics_are_adopted_not_recomputed():
+    make = lambda: gym.make("Pendulum-v1")  # noqa: E731
+    trained = GymVecEnv(make, 2, seed=0, normalize_obs=True, obs_norm_steps=100)
+    trained.reset()
+    fresh = GymVecEnv(make, 2, seed=5, normalize_obs=True, obs_norm_steps=100)
+    fresh.adopt_preprocessing(trained.get_state())
+    fresh.reset()
+    np.testing.assert_array_equal(fresh.mean, trained.mean)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    args = ["--agent", "ppo", "--total-steps", "2048", "--set", "diagnostics.enabled=false",
+            "--results-dir", str(root), "--experiment", "t", "--run-name", "r", "--no-progress"]
+    assert train("classic", args) == 0
+    return root / "t" / "r"
+
+
+def test_evaluate_records_every_evaluation_and_keeps_earlier_ones(run_dir, capsys):
+    assert main([str(run_dir), "--episodes", "6", "--no-progress"]) == 0
+    assert "6 deterministic episodes of CartPole-v1: mean" in capsys.readouterr().out
+    assert main([str(run_dir), "--episodes", "3", "--stochastic", "--checkpoint", "step_000000002048.pt",
+                 "--no-progress"]) == 0
+    first, second = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    assert (first["episodes"], first["actions"], len(first["returns"])) == (6, "deterministic", 6)
+    assert (second["checkpoint"], second["actions"], len(second["returns"])) == ("step_000000002048.pt",
+                                                                              "stochastic", 3)
+    assert first["mean"] == pytest.approx(np.mean(first["returns"])) and first["env_steps"] == 2048
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--checkpoint", "step_9.pt"], "missing checkpoints/step_9.pt"),
+])
+def test_bad_input_is_one_line_and_status_2(run_dir, argv, message, capsys):
+    before = (run_dir / "eval.json").read_text() if (run_dir / "eval.json").exists() else None
+    assert main([str(run_dir), *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert ((run_dir / "eval.json").read_text() if before is not None else None) == before
+
+
+def test_a_foreign_eval_json_is_left_untouched(tmp_path, run_dir, capsys):
+    import shutil
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    (copy / "eval.json").write_text("not json")
+    assert main([str(copy), "--episodes", "2", "--no-progress"]) == 2
+    assert "is not an evaluation record" in capsys.readouterr().err
+    assert (copy / "eval.json").read_text() == "not json"
