@@ -164,7 +164,7 @@ def _make_gym(cfg, env_id: str, seed: int):
     def make() -> gym.Env:
         try:
             return gym.make(env_id, max_episode_steps=cfg.max_episode_steps or None)
-        except gym.error.DependencyNotInstalled as exc:
+        except (gym.error.DependencyNotInstalled, ImportError) as exc:
             raise ConfigError(f"{env_id} needs a package that is not installed: {exc}") from None
     return GymVecEnv(make, cfg.num_envs, seed, normalize_obs=cfg.normalize_obs, obs_norm_steps=cfg.obs_norm_steps,
                      time_aware=cfg.time_aware, reward_clip=cfg.reward_clip)
@@ -183,9 +183,10 @@ def _mujoco_ids() -> list[str]:
 
 def _make_mujoco(cfg, env_id: str, seed: int):
     try:
+        import imageio  # noqa: F401
         import mujoco  # noqa: F401
-    except ImportError:
-        raise ConfigError("the mujoco suite needs the 'mujoco' package: pip install -e '.[mujoco]'") from None
+    except ImportError as exc:
+        raise ConfigError(f"the mujoco suite needs the 'mujoco' extra ({exc}): pip install -e '.[mujoco]'") from None
     return _make_gym(cfg, env_id, seed)
 
 
