@@ -105,12 +105,18 @@ def test_dashboard_renders_in_headless_chromium_without_errors(runs_dir, tmp_pat
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
              "--virtual-time-budget=10000"]
-    dom = subprocess.run([*flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*flags, "--dump-dom", out.as_uri() + "#selftest"], capture_output=True, text=True,
+                         timeout=120)
     body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
     assert 'data-ready="1"' in body, dom.stderr[-2000:]
     assert "data-errors" not in body, body
-    rendered = int(re.search(r'data-rendered="(\d+)"', body).group(1))
-    assert rendered >= 10  # learning curve + diagnostics + heatmaps with data
+    report = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
+    assert int(report["rendered"]) >= 10  # learning curve + diagnostics + heatmaps with data
+    assert report["smooth-changed"] == "1"  # the smoothing slider redraws the curves
+    assert re.match(r"score at step [\d.]+k?.*ppo: -?[\d.]+", report["hover"]), report["hover"]
+    assert int(report["band-checks"]) > 100 and report["band-violations"] == "0"  # min-max and bootstrap bands
+    assert report["bookkeeping-drawn"] == "0"  # charts/frames and the like stay hidden by default
+    assert report["pfo-panels"] == "1"  # excess ratio against policy rank, one panel per task
     console_errors = [line for line in dom.stderr.splitlines()
                       if "CONSOLE" in line and ("Error" in line or "Uncaught" in line)]
     assert not console_errors, console_errors
@@ -119,3 +125,26 @@ def test_dashboard_renders_in_headless_chromium_without_errors(runs_dir, tmp_pat
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2400", out.as_uri()],
                    capture_output=True, text=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_dashboard_series_keep_every_seed_on_a_common_grid():
+    from runners.aggregate import Run
+    from runners.dashboard import resample
+    a = Run(Path("a"), {}, {}, {}, ["step", "m"], np.array([[0, 1.0], [5, 2.0], [10, 3.0]]))
+    b = Run(Path("b"), {}, {}, {}, ["step", "m"], np.array([[5, 2.0], [7.5, 3.0], [10, 4.0]]))
+    curve = resample([a, b], "m", points=3)
+    assert curve == {"x": [0.0, 5.0, 10.0], "y": [[1.0, 2.0, 3.0], [None, 2.0, 4.0]], "r": [0, 1]}
+    assert resample([a, b], "absent", points=3) is None
+
+
+def test_dashboard_metric_domains_and_log_scales():
+    from runners.dashboard import domain, wants_log
+    assert domain("plasticity/dormant_frac/actor/fc") == [0.0, 1.0]
+    assert domain("losses/clip_frac") == [0.0, 1.0]
+    assert domain("plasticity/srank/actor/fc") == [0.0, None]
+    assert domain("trust_region/excess_ratio") == [0.0, None]  # mean above / mean below: a positive ratio
+    assert domain("trust_region/kl_k1") == [None, None]  # the k1 estimate can be negative
+    assert domain("losses/policy") == [None, None]
+    assert wants_log(np.array([1e-5, 1e-3, 1e-1, np.nan]))  # four decades
+    assert not wants_log(np.array([1.0, 50.0]))
+    assert not wants_log(np.array([-1.0, 1e3]))
