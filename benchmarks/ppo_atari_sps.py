@@ -1,7 +1,16 @@
-"""Training throughput of ppo_pfo on Atari, against the network-only compute ceiling measured in the same run.
+"""Training throughput of ppo_pfo on Atari: against a peer (CleanRL's PPO) side by side, or against the
+network-only compute ceiling measured in the same run.
 
-    python benchmarks/ppo_atari_sps.py                    # fp32 (the paper's numerics)
+    python benchmarks/ppo_atari_sps.py --peer /tmp/cleanrl/cleanrl/ppo_atari_envpool.py \
+        --peer-pythonpath /tmp/peer-site --steps 16384 --repeats 3 [--env Breakout]
+    python benchmarks/ppo_atari_sps.py                    # fp32 (the paper's numerics) against the ceiling
     python benchmarks/ppo_atari_sps.py --precision fp32 bf16 --trunk separate shared --repeats 3
+
+With ``--peer`` (benchmarks/peers.py): whole-process wall times of CleanRL's ``ppo_atari_envpool.py`` (one shared
+Nature CNN, 8 envs x 128 steps, 4 epochs, 4 minibatches) and of the suite's runs over the same agent steps,
+alternated: ``ppo_pfo`` as configured (the paper's separate actor and critic, fp32, diagnostics on), ``ppo`` with
+``ppo.shared_trunk=true`` (one CNN, as CleanRL's), and ``ppo_pfo`` with ``ppo.precision=bf16``; then the
+start-up cost (process start to the first iteration: imports, environments, networks, the initial checkpoint).
 
 Setting (the issue's): Breakout, envpool, 8 envs x 128 steps, 4 epochs, 4 minibatches of 256,
 plasticity diagnostics on at the default schedule. Each repeat alternates
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from agents.networks import nature_cnn  # noqa: E402
 from runners.cli import main as run_atari  # noqa: E402
@@ -82,8 +93,56 @@ def training_sps(precision: str, trunk: str, iterations: int, root: Path, tag: s
     return statistics.median(sps[2:]), 1024 * iterations / wall
 
 
+def suite_cmd(agent: str, env: str, steps: int, root: Path, name: str, sets: list[str], device: str) -> list[str]:
+    return [sys.executable, "-m", "runners.atari", "--agent", agent, "--env", env, "--total-steps", str(steps),
+            "--device", device, "--results-dir", str(root), "--experiment", "bench", "--run-name", name,
+            "--no-progress", *(a for field in sets for a in ("--set", field))]
+
+
+def against_peer(args: argparse.Namespace) -> None:
+    from benchmarks.peers import adapt, commit_of, report, side_by_side, timed
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        peer = adapt(args.peer, folder)
+        root = folder / "results"
+        peer_cmd = [sys.executable, str(peer), "--env-id", f"{args.env}-v5", "--total-timesteps", str(args.steps),
+                    "--num-envs", "8", "--seed", "1", "--cuda" if args.device == "cuda" else "--no-cuda"]
+        arms = {"ppo_pfo (separate actor and critic, fp32, diagnostics on)":
+                suite_cmd("ppo_pfo", args.env, args.steps, root, "pfo", args.set, args.device),
+                "ppo, ppo.shared_trunk=true":
+                suite_cmd("ppo", args.env, args.steps, root, "shared", [*args.set, "ppo.shared_trunk=true"],
+                          args.device),
+                "ppo_pfo, ppo.precision=bf16":
+                suite_cmd("ppo_pfo", args.env, args.steps, root, "bf16", [*args.set, "ppo.precision=bf16"],
+                          args.device)}
+        walls = side_by_side(peer_cmd, arms, args.repeats, folder, args.peer_pythonpath)
+        # start-up: a one-iteration run's wall time less that iteration's own time (1024 / charts/sps)
+        startup = []
+        for r in range(args.repeats):
+            shutil.rmtree(root, ignore_errors=True)
+            wall = timed(suite_cmd("ppo_pfo", args.env, 1024, root, "startup", args.set, args.device), REPO)
+            with (root / "bench" / "startup" / "metrics.csv").open() as f:
+                sps = float(next(csv.DictReader(f))["charts/sps"])
+            startup.append(wall - 1024 / sps)
+    m = machine_description(torch.device(args.device))
+    print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}"
+          + (f", {m.get('gpu')}" if args.device == "cuda" else "") + f", Python {platform.python_version()}")
+    print(f"peer: {args.peer.name} at commit {commit_of(args.peer)} (API shims: benchmarks/peers.py)")
+    print(f"command: python benchmarks/ppo_atari_sps.py --peer {args.peer} --env {args.env} --steps {args.steps} "
+          f"--repeats {args.repeats} --device {args.device}{''.join(f' --set {f}' for f in args.set)}\n")
+    report(walls, f"CleanRL {args.peer.name}")
+    print(f"\nstart-up of the suite (process start to the first iteration, incl. the initial checkpoint): median "
+          f"{statistics.median(startup):.1f} s (runs: {', '.join(f'{s:.1f}' for s in startup)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", type=Path, help="the peer's script (CleanRL's ppo_atari_envpool.py), fetched "
+                        "outside the repository: time it against the suite side by side")
+    parser.add_argument("--peer-pythonpath", help="folder with the peer's extra packages (tyro)")
+    parser.add_argument("--steps", type=int, default=16384, help="agent steps per run with --peer")
+    parser.add_argument("--env", default="Breakout", help="Atari game with --peer")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--trunk", nargs="+", default=["separate"], choices=["separate", "shared"],
                         help="separate actor and critic CNNs (the paper's) and/or a shared trunk")
@@ -92,6 +151,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override for the training runs (repeatable), e.g. ppo.channels_last=false")
     args = parser.parse_args()
+    if args.peer is not None:
+        against_peer(args)
+        return
 
     torch.manual_seed(0)
     one, two = [plain_nature_cnn(4)], [plain_nature_cnn(4), plain_nature_cnn(1)]

@@ -152,6 +152,17 @@ class ALEAtari(VecEnv):
         self._rng = np.random.default_rng(seed)  # no-op counts
         self._tracker = EpisodeTracker(n)
 
+    @property
+    def render_fps(self) -> float:  # type: ignore[override]  # the emulator's 60 frames per second, skipped
+        return 60.0 / self.frame_skip
+
+    def enable_rendering(self) -> None:
+        """Nothing to prepare: every emulator keeps its colour screen."""
+
+    def render(self) -> list[np.ndarray]:
+        """The last emulated frame of each game, in colour (210 x 160 x 3)."""
+        return [ale.getScreenRGB() for ale in self._ales]
+
     # -- envpool's Reset/Step, one emulator at a time ----------------------------------------
     def _push(self, i: int, push_all: bool, maxpool: bool) -> None:
         frame = self._pool[i, 0]

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from configs import ConfigError
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -94,6 +96,17 @@ class VecEnv(ABC):
         """Take the observation preprocessing learned in the run that saved ``state`` (a :meth:`get_state`),
         e.g. normalisation statistics, without its environments' state: a policy evaluated on fresh
         environments sees observations as it did in training. Default: nothing to adopt."""
+
+    #: frames per second of :meth:`render`'s frames in real time (a video's rate)
+    render_fps: float = 30.0
+
+    def enable_rendering(self) -> None:
+        """Make :meth:`render` available; called before :meth:`reset`. Back ends that cannot render refuse."""
+        raise ConfigError(f"{type(self).__name__} environments cannot render frames")
+
+    def render(self) -> list[np.ndarray]:
+        """One RGB frame (H, W, 3) per environment, of the state its last observation shows."""
+        raise ConfigError(f"{type(self).__name__} environments cannot render frames")
 
     def close(self) -> None:
         pass

@@ -97,7 +97,7 @@ class GymVecEnv(VecEnv):
     space one-hot). ``normalize_obs``/``time_aware``: the module docstring.
     """
 
-    def __init__(self, make_env: Callable[[], gym.Env], num_envs: int, seed: int,
+    def __init__(self, make_env: Callable[..., gym.Env], num_envs: int, seed: int,
                  obs_transform: ObsTransform | None = None, normalize_obs: bool = False, obs_norm_steps: int = 2000,
                  time_aware: bool = False, reward_clip: bool = False):
         self._make = make_env
@@ -199,6 +199,26 @@ class GymVecEnv(VecEnv):
 
     def adopt_preprocessing(self, state: dict[str, Any]) -> None:
         self.mean, self.std = state.get("mean"), state.get("std")
+
+    def enable_rendering(self) -> None:
+        """Rebuild the environments with ``render_mode="rgb_array"`` (``make_env`` takes it as a keyword)."""
+        self.vec.close()
+        try:
+            self.vec = gym.vector.SyncVectorEnv([lambda: self._make(render_mode="rgb_array")] * self.num_envs,
+                                                autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        except TypeError:
+            raise ConfigError(f"{self.env_id}'s factory takes no render_mode: it cannot render frames") from None
+        except (gym.error.DependencyNotInstalled, ImportError) as exc:
+            raise ConfigError(f"rendering {self.env_id} needs a package that is not installed ({exc}): "
+                              "pip install -e '.[video]'") from None
+        self.render_fps = float(self.vec.envs[0].metadata.get("render_fps") or 30)
+
+    def render(self) -> list[np.ndarray]:
+        try:
+            return [np.asarray(env.render()) for env in self.vec.envs]
+        except (gym.error.DependencyNotInstalled, ImportError) as exc:
+            raise ConfigError(f"rendering {self.env_id} needs a package that is not installed ({exc}): "
+                              "pip install -e '.[video]'") from None
 
     def close(self) -> None:
         self.vec.close()

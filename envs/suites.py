@@ -108,7 +108,7 @@ def _make_minatar(cfg, env_id: str, seed: int):
         register_envs()
     gym_id = f"MinAtar/{env_id}-v{0 if cfg.full_action_space else 1}"
     limit = cfg.max_episode_frames or None
-    return GymVecEnv(lambda: gym.make(gym_id, max_episode_steps=limit), cfg.num_envs, seed, minatar_obs)
+    return GymVecEnv(lambda **kw: gym.make(gym_id, max_episode_steps=limit, **kw), cfg.num_envs, seed, minatar_obs)
 
 
 def _classic_ids() -> list[str]:
@@ -121,7 +121,7 @@ def _make_classic(cfg, env_id: str, seed: int):
 
     from envs.gym_envs import GymVecEnv
     limit = cfg.max_episode_frames or None
-    return GymVecEnv(lambda: gym.make(env_id, max_episode_steps=limit), cfg.num_envs, seed)
+    return GymVecEnv(lambda **kw: gym.make(env_id, max_episode_steps=limit, **kw), cfg.num_envs, seed)
 
 
 def _streams() -> list[str]:
@@ -161,9 +161,9 @@ def _make_gym(cfg, env_id: str, seed: int):
 
     from envs.gym_envs import GymVecEnv
 
-    def make() -> gym.Env:
+    def make(**kwargs) -> gym.Env:
         try:
-            return gym.make(env_id, max_episode_steps=cfg.max_episode_steps or None)
+            return gym.make(env_id, max_episode_steps=cfg.max_episode_steps or None, **kwargs)
         except (gym.error.DependencyNotInstalled, ImportError) as exc:
             raise ConfigError(f"{env_id} needs a package that is not installed: {exc}") from None
     return GymVecEnv(make, cfg.num_envs, seed, normalize_obs=cfg.normalize_obs, obs_norm_steps=cfg.obs_norm_steps,

@@ -35,7 +35,7 @@ from configs import ConfigError
 
 DIAGNOSTIC_PREFIXES = ("plasticity/", "batch_start/", "batch_end/", "trust_region/", "soft_reset/")
 IGNORED_FIELDS = {"run.seed", "run.run_name", "run.experiment", "run.results_dir", "run.progress", "run.device",
-                  "run.torch_threads"}
+                  "run.torch_threads", "tracking.track", "tracking.project", "tracking.entity", "tracking.mode"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from envs import get_suite
 from envs.suites import REGISTRY
 from plasticity.interventions import REGISTRY as INTERVENTIONS
 from runners.rundir import RUN_FORMAT, config_files, make_agent, new_run_dir, open_run, resolve, schema_for
+from runners.tracking import make_tracker, require_wandb
 
 __all__ = ["build_parser", "config_files", "main", "resolve", "resume", "schema_for", "shortcut_overrides",
            "split_dotted_flags", "start"]
@@ -77,6 +78,10 @@ def build_parser(suite: str, agent: str) -> argparse.ArgumentParser:
                              "instead of latest.pt (e.g. step_000000004096.pt)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (shortcut for run.progress=false)")
+    parser.add_argument("--track", action="store_true", help="log every scalar to Weights & Biases too, as CleanRL "
+                        "(tracking.track=true; offline when there is no network, `wandb sync` later)")
+    parser.add_argument("--wandb-project", help="shortcut for --set tracking.project=...")
+    parser.add_argument("--wandb-entity", help="shortcut for --set tracking.entity=...")
     return parser
 
 
@@ -149,10 +154,13 @@ def shortcut_overrides(args: argparse.Namespace, suite: str) -> list[tuple[str, 
              ("run.total_steps", args.total_steps),
              ("run.total_steps", args.total_updates), ("run.eval_episodes", args.eval_episodes),
              ("run.device", args.device), ("run.experiment", args.experiment), ("run.run_name", args.run_name),
-             ("run.results_dir", args.results_dir)]
+             ("run.results_dir", args.results_dir), ("tracking.project", args.wandb_project),
+             ("tracking.entity", args.wandb_entity)]
     out = [(k, v) for k, v in pairs if v is not None]
     if args.no_progress:
         out.append(("run.progress", "false"))
+    if args.track:
+        out.append(("tracking.track", "true"))
     if args.intervention:
         out.append(("interventions.use", ",".join(args.intervention)))
     return out
@@ -233,6 +241,8 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
 
     run = sections["run"]
     cls = spec.load()
+    if sections["tracking"].track:
+        require_wandb()  # before anything is written
     if run.eval_interval and not cls.can_evaluate():
         raise ConfigError(f"run.eval_interval={run.eval_interval}, but the {spec.name} agent has no evaluation phase "
                           "(set it to 0)")
@@ -264,7 +274,14 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
         elif config_text != (run_dir / "config.yaml").read_text():
             atomic_write_text(run_dir / "config.yaml", config_text)  # a resume that changed the budget or device
         print(f"run directory: {run_dir}", file=sys.stderr)
-        trainer = Trainer(run_dir, run, agent, agent.envs, monitor, diag.probe_size, meta)  # agent.envs: any wrapper
+        try:
+            tracker = make_tracker(sections["tracking"], run_dir, sections, group=run.experiment)
+        except ConfigError:
+            if ckpt is None:
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained yet: a retry may reuse the name
+            raise
+        trainer = Trainer(run_dir, run, agent, agent.envs, monitor, diag.probe_size, meta,  # agent.envs: any wrapper
+                          tracker=tracker)
         if ckpt is not None:
             trainer.restore(ckpt)
             trainer.last_good = ckpt_path

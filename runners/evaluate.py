@@ -1,4 +1,5 @@
-"""``python -m runners.evaluate RUN_DIR [--checkpoint NAME] [--episodes 10] [--stochastic]``: roll out a saved policy.
+"""``python -m runners.evaluate RUN_DIR [--checkpoint NAME] [--episodes 10] [--stochastic] [--video]``: roll out a
+saved policy.
 
 The run's own config rebuilds its agent and environments (the training protocol: Atari's frame skip, sticky
 actions and no-ops; the observation normalisation statistics of the run), on environments seeded apart from
@@ -10,11 +11,21 @@ the first N to finish would be). Actions are the policy's most likely ones, or d
 Prints the mean and the interquartile mean (IQM) of the returns with 95% percentile-bootstrap intervals over
 episodes, and appends the evaluation to ``RUN_DIR/eval.json`` (written atomically; earlier entries are kept).
 Any error in what was asked is one line and exit status 2, with nothing written.
+
+``--video`` writes one MP4 per evaluated episode under ``RUN_DIR/videos/<checkpoint>-<actions>-s<seed>/``
+(``episode_000.mp4`` ... in the order of eval.json's ``returns``; a folder that exists gets a new suffix, so no
+video is overwritten), streamed frame by frame with imageio's ffmpeg writer (the ``video`` extra). Frames are
+the environments' own colour renderings, not what the agent sees: Atari's RGB screen (an envpool run is
+evaluated on the ale-py back end, whose preprocessing is envpool's, see envs/atari.py), gymnasium's
+``rgb_array`` (MuJoCo through EGL unless ``MUJOCO_GL`` says otherwise), MinAtar's palette; small frames are
+enlarged with whole pixels. The dashboard links each run's videos.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,9 +38,81 @@ from configs import ConfigError
 EVAL_SEED_OFFSET = 1_000_000  # evaluation environments are seeded apart from training's (env_seed(run.seed) + i)
 
 
-def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool = False) -> list[dict[str, Any]]:
+class EpisodeVideos:
+    """One MP4 per environment's current episode, streamed as it is played; kept if the episode counts."""
+
+    MIN_SIDE = 160  # frames smaller than this (MinAtar's 10 x 10) are enlarged by a whole factor
+
+    def __init__(self, envs, folder: Path):
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ConfigError("--video needs imageio and its ffmpeg: pip install -e '.[video]'") from None
+        self._imageio, self.envs, self.folder = imageio, envs, folder
+        self._writers: list[Any] = [None] * envs.num_envs
+        self.kept: list[Path] = []
+
+    def _temp(self, i: int) -> Path:
+        return self.folder / f".recording_env{i}.mp4"
+
+    @classmethod
+    def prepare(cls, frame: np.ndarray) -> np.ndarray:
+        """uint8 RGB with even sides (libx264's need), small frames enlarged with whole pixels."""
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:  # float colours in [0, 1] (MinAtar's palette) or [0, 255]
+            scale = 255.0 if frame.max() <= 1.0 else 1.0
+            frame = np.clip(frame * scale, 0, 255).astype(np.uint8)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        k = max(1, -(-cls.MIN_SIDE // max(frame.shape[:2])))
+        if k > 1:
+            frame = frame.repeat(k, axis=0).repeat(k, axis=1)
+        h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+        return np.ascontiguousarray(frame[:h, :w, :3])
+
+    def frame(self) -> None:
+        """Append every environment's current frame to its episode's video."""
+        for i, image in enumerate(self.envs.render()):
+            if self._writers[i] is None:
+                self._writers[i] = self._imageio.get_writer(self._temp(i), format="FFMPEG", mode="I",
+                                                            fps=self.envs.render_fps, codec="libx264",
+                                                            macro_block_size=1, ffmpeg_log_level="error")
+            self._writers[i].append_data(self.prepare(image))
+
+    def end(self, i: int, keep: bool) -> None:
+        """Environment ``i``'s episode ended: its video becomes the next ``episode_NNN.mp4`` or is dropped."""
+        writer, self._writers[i] = self._writers[i], None
+        if writer is None:
+            return
+        writer.close()
+        if keep:
+            path = self.folder / f"episode_{len(self.kept):03d}.mp4"
+            self._temp(i).replace(path)
+            self.kept.append(path)
+        else:
+            self._temp(i).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for i in range(len(self._writers)):
+            self.end(i, keep=False)
+
+
+def video_folder(run_dir: Path, checkpoint: str, deterministic: bool, seed: int) -> Path:
+    """A new folder for this evaluation's videos (a suffix when one of that name exists)."""
+    base = f"{Path(checkpoint).stem}-{'deterministic' if deterministic else 'stochastic'}-s{seed}"
+    folder, n = run_dir / "videos" / base, 1
+    while folder.exists():
+        n += 1
+        folder = run_dir / "videos" / f"{base}-{n}"
+    return folder
+
+
+def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool = False,
+            videos: EpisodeVideos | None = None) -> list[dict[str, Any]]:
     """``episodes`` episodes of ``agent``'s policy on ``agent.envs`` (reset here): each environment plays
-    its share in order. Returns (return, length, environment) per episode, in the order they ended."""
+    its share in order. Returns (return, length, environment) per episode, in the order they ended; with
+    ``videos``, every counted episode's frames go to its MP4."""
     import torch
     envs = agent.envs
     n = envs.num_envs
@@ -42,10 +125,17 @@ def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool
         from tqdm import tqdm
         bar = tqdm(total=episodes, desc="evaluate", unit="episode", file=sys.stderr)
     obs = envs.reset()
+    if videos is not None:
+        videos.frame()
     while len(out) < episodes:
         step = envs.step(agent.policy_actions(obs, deterministic, generator))
+        if videos is not None:
+            videos.frame()
         for ep in step.episodes:
-            if played[ep.env_index] < quota[ep.env_index]:
+            counted = bool(played[ep.env_index] < quota[ep.env_index])
+            if videos is not None:
+                videos.end(ep.env_index, keep=counted)
+            if counted:
                 played[ep.env_index] += 1
                 out.append({"return": ep.ret, "length": ep.length, "env": ep.env_index})
                 if bar is not None:
@@ -81,12 +171,12 @@ def read_evaluations(path: Path) -> list[dict[str, Any]]:
 
 
 def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool, seed: int, device: str,
-             progress: bool) -> dict[str, Any]:
+             progress: bool, video: bool = False) -> dict[str, Any]:
     import torch
 
     from envs import make_vec_env
     from runners.rundir import open_run
-    from runners.storage import atomic_write_json
+    from runners.storage import atomic_write_json, make_dir
     from runners.train import env_seed, resolve_device
     run = open_run(run_dir, checkpoint=checkpoint)
     ckpt_path = run.ckpt_dir / checkpoint
@@ -95,16 +185,33 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
     earlier = read_evaluations(record)  # refuse before any work when it cannot be extended
     sections = run.sections
     torch.set_num_threads(sections["run"].torch_threads or torch.get_num_threads())
+    recorder: EpisodeVideos | None = None
+    if video:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering (before mujoco is imported)
+        if getattr(sections["env"], "backend", None) == "envpool" and run.suite == "atari":
+            sections["env"].backend = "ale"  # envpool keeps no colour screen; ale-py preprocesses as envpool does
     envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
+    folder = video_folder(run_dir, checkpoint, deterministic, seed)
     try:
         agent = run.make_agent(envs, resolve_device(device), sections["run"].seed)
         agent.load_state_dict(ckpt["agent"])
         for net in agent.networks().values():
             net.eval()
         agent.envs.adopt_preprocessing(ckpt["envs"])
+        if video:
+            envs.enable_rendering()
+            recorder = EpisodeVideos(envs, folder)
+            make_dir(folder)
         t0 = time.perf_counter()
-        played = rollout(agent, episodes, deterministic, seed, progress)
+        played = rollout(agent, episodes, deterministic, seed, progress, recorder)
         seconds = time.perf_counter() - t0
+        if recorder is not None:
+            recorder.close()  # the episodes still running when the last counted one ended are dropped
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+            shutil.rmtree(folder, ignore_errors=True)  # no half evaluation's videos
+        raise
     finally:
         envs.close()
     returns = np.array([e["return"] for e in played])
@@ -113,6 +220,7 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
              "env": sections["env"].id, "agent": run.spec.name, **summarise(returns),
              "mean_length": float(np.mean([e["length"] for e in played])), "seconds": round(seconds, 2),
              "returns": returns.tolist(), "lengths": [e["length"] for e in played],
+             "videos": [str(p.relative_to(run_dir)) for p in recorder.kept] if recorder is not None else [],
              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(record, {"evaluations": [*earlier, entry]})
     return entry
@@ -129,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely action; epsilon-greedy agents use their final epsilon)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (environments and sampling)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--video", action="store_true", help="an MP4 per episode under RUN_DIR/videos/ (the video "
+                        "extra)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -139,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.episodes < 1:
             raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
         entry = evaluate(args.run_dir, args.checkpoint, args.episodes, not args.stochastic, args.seed, args.device,
-                         progress=not args.no_progress and sys.stderr.isatty())
+                         progress=not args.no_progress and sys.stderr.isatty(), video=args.video)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.run_dir} {args.checkpoint} ({entry['env_steps']} steps), {entry['episodes']} {entry['actions']} "
           f"episodes of {entry['env']}: mean {entry['mean']:.2f} [{entry['mean_lo']:.2f}, {entry['mean_hi']:.2f}], "
           f"IQM {entry['iqm']:.2f} [{entry['iqm_lo']:.2f}, {entry['iqm_hi']:.2f}] (95% bootstrap over episodes); "
-          f"written to {args.run_dir / 'eval.json'}")
+          f"written to {args.run_dir / 'eval.json'}"
+          + (f"; {len(entry['videos'])} videos in {args.run_dir / Path(entry['videos'][0]).parent}"
+             if entry["videos"] else ""))
     return 0
 
 

@@ -24,15 +24,18 @@ from configs import CONFIG_DIR, ConfigError, apply_overrides, build_section, loa
 from envs import canonical_id, get_suite
 from plasticity.interventions import InterventionConfig, parse_use
 from plasticity.monitor import DiagnosticsConfig
+from runners.tracking import TrackingConfig
 from runners.train import RunConfig
 
 RUN_FORMAT = 1
 #: fields that may change when a run is resumed
-RESUME_OVERRIDABLE = {"run.total_steps", "run.device", "run.progress", "run.torch_threads"}
+RESUME_OVERRIDABLE = {"run.total_steps", "run.device", "run.progress", "run.torch_threads", "tracking.track",
+                      "tracking.project", "tracking.entity", "tracking.mode"}
 
 
 def config_files(suite: str, spec: AgentSpec) -> list[Path]:
-    files = [CONFIG_DIR / f"{suite}.yaml", CONFIG_DIR / "interventions.yaml", CONFIG_DIR / f"{spec.family}.yaml",
+    files = [CONFIG_DIR / f"{suite}.yaml", CONFIG_DIR / "interventions.yaml", CONFIG_DIR / "tracking.yaml",
+             CONFIG_DIR / f"{spec.family}.yaml",
              CONFIG_DIR / (get_suite(suite).family_configs or suite) / f"{spec.family}.yaml"]
     if spec.variant:
         files.append(CONFIG_DIR / f"{spec.variant}.yaml")
@@ -42,7 +45,8 @@ def config_files(suite: str, spec: AgentSpec) -> list[Path]:
 def schema_for(spec: AgentSpec, suite: str) -> dict[str, type]:
     cls = spec.load()
     return {"run": RunConfig, "env": get_suite(suite).config_class(), cls.section: cls.config_class,
-            **cls.SECTIONS, "diagnostics": DiagnosticsConfig, "interventions": InterventionConfig}
+            **cls.SECTIONS, "diagnostics": DiagnosticsConfig, "interventions": InterventionConfig,
+            "tracking": TrackingConfig}
 
 
 def resolve(suite: str, spec: AgentSpec, files: list[Path], overrides: list[tuple[str, str]]):

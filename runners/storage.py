@@ -304,15 +304,18 @@ def _quiet_tensorboard_thread_errors() -> None:
 
 
 class MetricsLogger:
-    """One row per logging step to ``metrics.csv`` and the same scalars to TensorBoard.
+    """One row per logging step to ``metrics.csv`` and the same scalars to TensorBoard (and to W&B when a
+    ``tracker``, :class:`runners.tracking.WandbTracker`, is given).
 
     The CSV's header grows when a metric first appears (the file is then rewritten
     atomically with the wider header; earlier rows get empty cells). On resume, rows
     logged after the checkpoint are dropped so that the file equals an uninterrupted run's.
     """
 
-    def __init__(self, run_dir: Path, keep_rows: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, keep_rows: int | None = None, tensorboard: bool = True,
+                 tracker: Any = None):
         self.path = run_dir / "metrics.csv"
+        self.tracker = tracker
         self.tb_dir = run_dir / "tb"
         self.columns: list[str] = ["step"]
         self.rows = 0
@@ -394,6 +397,8 @@ class MetricsLogger:
                 for key, value in metrics.items():
                     if value is not None and math.isfinite(float(value)):
                         self._writer.add_scalar(key, float(value), step)
+        if self.tracker is not None:
+            self.tracker.log(step, metrics)
 
     def add_heatmap(self, tag: str, matrix: np.ndarray, step: int) -> None:
         """A 2-D array as a colour image (viridis, scaled to [0, 1] over its own range)."""
@@ -413,6 +418,9 @@ class MetricsLogger:
                 self._writer.add_text(tag, text)
 
     def close(self) -> None:
+        if self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            tracker.close()
         if self._writer is not None:
             writer, self._writer = self._writer, None
             try:

@@ -153,8 +153,9 @@ class Trainer:
     """Runs an agent to its budget inside a run directory."""
 
     def __init__(self, run_dir: Path, run_cfg: RunConfig, agent: Agent, envs: VecEnv,
-                 monitor: PlasticityMonitor, probe_size: int, meta: dict[str, Any]):
+                 monitor: PlasticityMonitor, probe_size: int, meta: dict[str, Any], tracker: Any = None):
         self.run_dir, self.cfg, self.agent, self.envs, self.monitor = run_dir, run_cfg, agent, envs, monitor
+        self.tracker = tracker  # runners.tracking.WandbTracker, or None
         self.probe_size = probe_size
         self.meta = meta
         self.ckpt_dir = run_dir / "checkpoints"
@@ -267,7 +268,7 @@ class Trainer:
         lock = self.run_dir / ".running"  # lets sweeps tell a live run from a dead one
         try:
             make_dir(self.ckpt_dir)
-            self.logger = MetricsLogger(self.run_dir, keep_rows=logged_rows)
+            self.logger = MetricsLogger(self.run_dir, keep_rows=logged_rows, tracker=self.tracker)
             try:
                 lock.write_text(f"{os.uname().nodename}:{os.getpid()}")
             except OSError as exc:

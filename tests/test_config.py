@@ -104,7 +104,7 @@ def test_variant_and_suite_layers():
     assert dataclasses.replace(pfo, pfo_coef=0.0) == ppo  # identical settings but the PFO term
     classic = resolve("classic", AGENTS["ppo_pfo"], config_files("classic", AGENTS["ppo_pfo"]), [])[0]
     assert classic["ppo"].network == "mlp" and classic["ppo"].pfo_coef == 1.0
-    assert set(schema_for(AGENTS["ppo"], "atari")) == {"run", "env", "ppo", "diagnostics", "interventions"}
+    assert set(schema_for(AGENTS["ppo"], "atari")) == {"run", "env", "ppo", "diagnostics", "interventions", "tracking"}
 
 
 def test_coerce_optional():

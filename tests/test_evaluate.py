@@ -96,3 +96,61 @@ def test_a_foreign_eval_json_is_left_untouched(tmp_path, run_dir, capsys):
     assert main([str(copy), "--episodes", "2", "--no-progress"]) == 2
     assert "is not an evaluation record" in capsys.readouterr().err
     assert (copy / "eval.json").read_text() == "not json"
+
+
+def test_video_frames_are_uint8_rgb_with_even_sides_and_small_ones_enlarged():
+    from runners.evaluate import EpisodeVideos
+    grid = np.zeros((10, 10, 3), np.float32)
+    grid[2, 3] = (1.0, 0.5, 0.0)  # MinAtar's palette: floats in [0, 1]
+    big = EpisodeVideos.prepare(grid)
+    assert big.shape == (160, 160, 3) and big.dtype == np.uint8  # 16 x 16 pixels per cell
+    assert tuple(big[2 * 16 + 5, 3 * 16 + 7]) == (255, 127, 0) and big[0, 0].sum() == 0
+    odd = EpisodeVideos.prepare(np.full((211, 161, 3), 7, np.uint8))
+    assert odd.shape == (210, 160, 3) and odd.max() == 7  # libx264 needs even sides: the last row/column go
+
+
+def test_atari_videos_are_the_colour_screen():
+    from envs import make_vec_env
+    from tests.test_envs import atari
+    env = make_vec_env("atari", atari(backend="ale"), seed=3)
+    env.enable_rendering()
+    env.reset()
+    frames = env.render()
+    assert len(frames) == env.num_envs and frames[0].shape == (210, 160, 3) and frames[0].dtype == np.uint8
+    assert (frames[0][..., 0] != frames[0][..., 1]).any()  # colour, not the agent's grayscale
+    assert env.render_fps == 60.0 / env.frame_skip
+
+
+def test_video_writes_one_mp4_per_episode_and_never_overwrites(run_dir, capsys):
+    import imageio.v2 as imageio
+    assert main([str(run_dir), "--episodes", "3", "--video", "--no-progress"]) == 0
+    entry = json.loads((run_dir / "eval.json").read_text())["evaluations"][-1]
+    assert entry["videos"] == [f"videos/latest-deterministic-s0/episode_{k:03d}.mp4" for k in range(3)]
+    folder = run_dir / "videos" / "latest-deterministic-s0"
+    assert sorted(p.name for p in folder.iterdir()) == ["episode_000.mp4", "episode_001.mp4", "episode_002.mp4"]
+    for path, length in zip(entry["videos"], entry["lengths"]):
+        reader = imageio.get_reader(run_dir / path)
+        frames = [f for f in reader]
+        assert len(frames) == length + 1  # the first observation's frame, then one per step
+        assert frames[0].shape[2] == 3 and reader.get_meta_data()["fps"] == 50  # CartPole's render_fps
+    first = (folder / "episode_000.mp4").read_bytes()
+    assert main([str(run_dir), "--episodes", "1", "--video", "--no-progress"]) == 0
+    assert (folder / "episode_000.mp4").read_bytes() == first
+    assert json.loads((run_dir / "eval.json").read_text())["evaluations"][-1]["videos"] == [
+        "videos/latest-deterministic-s0-2/episode_000.mp4"]
+    from runners.dashboard import build
+    data = build(run_dir, run_dir.parent / "dashboard.html")
+    assert data["runs"][0]["videos"][:3] == [f"r/videos/latest-deterministic-s0/episode_{k:03d}.mp4" for k in range(3)]
+
+
+def test_video_without_ffmpeg_is_one_line_and_writes_nothing(run_dir, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    record = run_dir / "eval.json"
+    before = record.read_text() if record.exists() else None
+    folders = sorted((run_dir / "videos").iterdir()) if (run_dir / "videos").exists() else []
+    assert main([str(run_dir), "--episodes", "1", "--video", "--seed", "7", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --video needs imageio and its ffmpeg: "
+                                               "pip install -e '.[video]'")
+    assert (record.read_text() if record.exists() else None) == before
+    assert (sorted((run_dir / "videos").iterdir()) if (run_dir / "videos").exists() else []) == folders
