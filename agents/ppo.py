@@ -32,6 +32,7 @@ Where this differs from the official code, by choice:
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -303,7 +304,10 @@ class PPO(Agent[PPOConfig]):
     @torch.no_grad()
     def collect(self) -> list[Episode]:
         episodes: list[Episode] = []
+        self.seconds_env = self.seconds_inference = 0.0
+        clock = time.perf_counter
         for t in range(self.num_steps):
+            t0 = clock()
             self.obs[t] = self.next_obs
             self.valid[t] = ~self.prev_done
             params, phi = self._policy(self._scaled(self.next_obs))
@@ -313,7 +317,12 @@ class PPO(Agent[PPOConfig]):
             self.logprobs[t] = self.dist.log_prob(params, action)
             self.dist_params[t] = params
             self.features[t] = phi
-            step = self.envs.step(self.dist.env_actions(action))
+            env_actions = self.dist.env_actions(action)
+            t1 = clock()
+            step = self.envs.step(env_actions)
+            t2 = clock()
+            self.seconds_inference += t1 - t0
+            self.seconds_env += t2 - t1
             self.rewards[t] = torch.from_numpy(step.reward).to(self.device)
             self.terminated[t] = torch.from_numpy(step.terminated).to(self.device)
             done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
@@ -424,11 +433,16 @@ class PPO(Agent[PPOConfig]):
         for opt in self._optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
+        t0 = time.perf_counter()
         episodes = self.collect()
+        t1 = time.perf_counter()
         if diagnose and self.before_update is not None:
             self.before_update()
+        t2 = time.perf_counter()
         metrics = self.update(diagnose)
-        metrics["charts/learning_rate"] = lr
+        metrics.update({"charts/learning_rate": lr, "time/rollout_seconds": t1 - t0,
+                        "time/env_seconds": self.seconds_env, "time/inference_seconds": self.seconds_inference,
+                        "time/update_seconds": time.perf_counter() - t2})
         self.iteration += 1
         return metrics, episodes
 

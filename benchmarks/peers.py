@@ -13,12 +13,14 @@ them alike, and the figure is the median over repeats of each repeat's ratio of 
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: the installed envpool (1.2) hands out gymnasium's API and read-only vector attributes; gymnasium 1.x replaces gym
@@ -83,17 +85,17 @@ def timed(cmd: list[str], cwd: Path, pythonpath: str | None = None) -> float:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def side_by_side(peer_cmd: list[str], arms: dict[str, list[str]], repeats: int, folder: Path,
+def side_by_side(peer_cmd: list[str], arms: dict[str, Callable[[int], list[str]]], repeats: int, folder: Path,
                  pythonpath: str | None) -> dict[str, list[float]]:
-    """Wall seconds per run: the peer (run in ``folder``), then every arm (run from the repository, writing under
-    ``folder/results``), ``repeats`` times over."""
+    """Wall seconds per run: the peer (run in ``folder``), then every arm (``arms[name](repeat)`` is its command,
+    run from the repository), ``repeats`` times over."""
     walls: dict[str, list[float]] = {"peer": [], **{name: [] for name in arms}}
     for r in range(repeats):
+        shutil.rmtree(folder / "runs", ignore_errors=True)  # the peer's TensorBoard folder
         walls["peer"].append(timed(peer_cmd, folder, pythonpath))
         print(f"repeat {r}: peer {walls['peer'][-1]:.1f} s", file=sys.stderr)
         for name, cmd in arms.items():
-            shutil.rmtree(folder / "results", ignore_errors=True)
-            walls[name].append(timed(cmd, REPO))
+            walls[name].append(timed(cmd(r), REPO))
             print(f"repeat {r}: {name} {walls[name][-1]:.1f} s", file=sys.stderr)
     return walls
 
@@ -109,3 +111,25 @@ def report(walls: dict[str, list[float]], peer_name: str) -> None:
         print(f"| {label} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
               f"{', '.join(f'{x:.2f}' for x in ratios)} | **{statistics.median(ratios):.2f}x** |")
     print("\n(peer / run > 1: the run is faster than the peer)")
+
+
+def time_shares(metrics_csv: Path, warmup: int = 2) -> dict[str, float]:
+    """Where a run's iterations went, from its ``time/*_seconds`` columns (rows after ``warmup``): each part's
+    share of the iterations' wall time (iteration + the logging of its row)."""
+    with metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    rows = rows[warmup:] if len(rows) > warmup else rows
+
+    def total(key: str) -> float:
+        return sum(float(r[key]) for r in rows if r.get(key))
+
+    whole = total("time/iteration_seconds") + total("time/logging_seconds")
+    rollout, env, inference = total("time/rollout_seconds"), total("time/env_seconds"), total("time/inference_seconds")
+    update, diagnostics = total("time/update_seconds"), total("time/diagnostics_seconds")
+    parts = {"rollout: environment stepping": env, "rollout: policy inference and storing": inference,
+             "rollout: the rest (tensor conversion, episode bookkeeping)": rollout - env - inference,
+             "update (epochs of minibatches, incl. diagnostics hooks)": update,
+             "diagnostics (probe metrics, batch metrics, heatmaps)": diagnostics,
+             "logging (CSV, TensorBoard)": total("time/logging_seconds")}
+    parts["the rest of the loop (lr schedule, episode statistics, progress bar)"] = whole - sum(parts.values())
+    return {k: v / whole for k, v in parts.items()}

@@ -100,7 +100,7 @@ def suite_cmd(agent: str, env: str, steps: int, root: Path, name: str, sets: lis
 
 
 def against_peer(args: argparse.Namespace) -> None:
-    from benchmarks.peers import adapt, commit_of, report, side_by_side, timed
+    from benchmarks.peers import adapt, commit_of, report, side_by_side, time_shares, timed
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         peer = adapt(args.peer, folder)
@@ -108,14 +108,15 @@ def against_peer(args: argparse.Namespace) -> None:
         peer_cmd = [sys.executable, str(peer), "--env-id", f"{args.env}-v5", "--total-timesteps", str(args.steps),
                     "--num-envs", "8", "--seed", "1", "--cuda" if args.device == "cuda" else "--no-cuda"]
         arms = {"ppo_pfo (separate actor and critic, fp32, diagnostics on)":
-                suite_cmd("ppo_pfo", args.env, args.steps, root, "pfo", args.set, args.device),
+                lambda r: suite_cmd("ppo_pfo", args.env, args.steps, root, f"pfo-{r}", args.set, args.device),
                 "ppo, ppo.shared_trunk=true":
-                suite_cmd("ppo", args.env, args.steps, root, "shared", [*args.set, "ppo.shared_trunk=true"],
-                          args.device),
+                lambda r: suite_cmd("ppo", args.env, args.steps, root, f"shared-{r}",
+                                    [*args.set, "ppo.shared_trunk=true"], args.device),
                 "ppo_pfo, ppo.precision=bf16":
-                suite_cmd("ppo_pfo", args.env, args.steps, root, "bf16", [*args.set, "ppo.precision=bf16"],
-                          args.device)}
+                lambda r: suite_cmd("ppo_pfo", args.env, args.steps, root, f"bf16-{r}",
+                                    [*args.set, "ppo.precision=bf16"], args.device)}
         walls = side_by_side(peer_cmd, arms, args.repeats, folder, args.peer_pythonpath)
+        shares = [time_shares(root / "bench" / f"pfo-{r}" / "metrics.csv") for r in range(args.repeats)]
         # start-up: a one-iteration run's wall time less that iteration's own time (1024 / charts/sps)
         startup = []
         for r in range(args.repeats):
@@ -133,6 +134,12 @@ def against_peer(args: argparse.Namespace) -> None:
     report(walls, f"CleanRL {args.peer.name}")
     print(f"\nstart-up of the suite (process start to the first iteration, incl. the initial checkpoint): median "
           f"{statistics.median(startup):.1f} s (runs: {', '.join(f'{s:.1f}' for s in startup)})")
+    print("\nwhere ppo_pfo's iterations go (time/* columns of its metrics.csv, iterations after the first two):\n")
+    print("| part | median share | runs |")
+    print("|---|---|---|")
+    for part in shares[0]:
+        values = [s[part] for s in shares]
+        print(f"| {part} | {statistics.median(values):.1%} | {', '.join(f'{v:.1%}' for v in values)} |")
 
 
 def main() -> None:

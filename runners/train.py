@@ -321,18 +321,29 @@ class Trainer:
             assert batch is not None  # checked above: this agent has one
             return batch
 
-        agent.before_update = lambda: start.update(monitor.batch_metrics(current_batch(), "start"))
+        spent = [0.0]
+
+        def measure_start() -> None:
+            t0 = time.perf_counter()
+            start.update(monitor.batch_metrics(current_batch(), "start"))
+            spent[0] += time.perf_counter() - t0
+
+        agent.before_update = measure_start
         try:
             metrics, episodes = agent.iterate(diagnose)
         finally:
             agent.before_update = None
-        return {**metrics, **start, **monitor.batch_metrics(current_batch(), "end")}, episodes
+        t0 = time.perf_counter()
+        end = monitor.batch_metrics(current_batch(), "end")
+        spent[0] += time.perf_counter() - t0
+        return {**metrics, **start, **end, "time/batch_diagnostics_seconds": spent[0]}, episodes
 
     def loop(self) -> tuple[str, str]:
         """Iterate to the budget or a stop signal; returns (status, reason)."""
         cfg, agent = self.cfg, self.agent
         assert self.logger is not None
         last_saved = agent.env_steps
+        logging_s = 0.0  # the previous row's logging time (a row cannot hold the time of its own writing)
         with StopSignal() as stop:
             while agent.env_steps < cfg.total_steps and not stop.received:
                 it = agent.iteration
@@ -348,9 +359,12 @@ class Trainer:
                     self.monitor.probe = map_inputs(torch.clone, recent)
                     atomic_torch_save(map_inputs(torch.Tensor.cpu, self.monitor.probe), self.run_dir / "probe.pt")
                 if diagnose:
+                    t_diag = time.perf_counter()
                     metrics.update(self.monitor.collect())
                     for tag, image in agent.images().items():
                         self.logger.add_heatmap(tag, image, agent.env_steps)
+                    metrics["time/diagnostics_seconds"] = (time.perf_counter() - t_diag
+                                                     + metrics.pop("time/batch_diagnostics_seconds", 0.0))
                 metrics.update(agent.interventions.metrics())
                 if self.eval_due(steps0):
                     metrics.update(self.evaluate())
@@ -362,8 +376,12 @@ class Trainer:
                     metrics.update(self.episode_metrics())
                     metrics.update({"charts/iteration": it + 1, "charts/frames": agent.env_steps * self.envs.frame_skip,
                                     "charts/episodes": self.episodes_total, "charts/sps": sps,
-                                    "charts/wall_seconds": self.elapsed + time.perf_counter() - self._t_start})
+                                    "charts/wall_seconds": self.elapsed + time.perf_counter() - self._t_start,
+                                    "time/iteration_seconds": time.perf_counter() - t0,
+                                    "time/logging_seconds": logging_s})
+                    t_log = time.perf_counter()
                     self.logger.log(agent.env_steps, metrics)
+                    logging_s = time.perf_counter() - t_log
                 self.bar.update(batch)
                 if self.recent:
                     self.bar.set_postfix(ret=f"{np.mean(self.recent):.3g}", refresh=False)

@@ -59,6 +59,12 @@ def test_atari_run_writes_a_complete_run_directory_with_every_diagnostic(tmp_pat
     assert "pfo_coef: 1.0  # PFO release sweep" in (run_dir / "config.yaml").read_text()
     rows = read_rows(run_dir)
     assert len(rows) == 3 and [int(r["step"]) for r in rows] == [512, 1024, 1536]
+    for r in rows:  # where an iteration's time goes: the parts fit inside their wholes
+        t = {k.removeprefix("time/").removesuffix("_seconds"): float(v) for k, v in r.items() if k.startswith("time/")
+             and v != ""}
+        assert min(t.values()) >= 0 and t["env"] + t["inference"] <= t["rollout"]
+        assert t["rollout"] + t["update"] + t.get("diagnostics", 0.0) <= t["iteration"]
+    assert rows[0]["time/logging_seconds"] == "0.0" and float(rows[1]["time/logging_seconds"]) > 0
     keys = {k for r in rows for k, v in r.items() if v != ""}
     expected = {"charts/learning_rate", "charts/sps", "charts/frames", "losses/policy", "losses/value",
                 "losses/entropy", "losses/pfo", "losses/approx_kl", "losses/clip_frac",

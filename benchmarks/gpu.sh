@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The PPO benchmark against CleanRL's PPO on a GPU, for a session that has one: about 8 minutes.
+# Needs CleanRL fetched to /tmp/cleanrl and tyro in /tmp/peer-site (results/BENCHMARKS.md says how).
+#   bash benchmarks/gpu.sh > /tmp/gpu-bench.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python benchmarks/ppo_atari_sps.py --device cuda --peer /tmp/cleanrl/cleanrl/ppo_atari_envpool.py \
+  --peer-pythonpath /tmp/peer-site --steps 16384 --repeats 2
