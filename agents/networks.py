@@ -96,7 +96,23 @@ def mlp(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 64, activation: 
     return nn.Sequential(OrderedDict(layers))
 
 
-NETWORKS = {"nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn, "mlp": mlp}
+def minigrid_cnn(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 64) -> nn.Sequential:
+    """The MiniGrid/BabyAI baseline (lcswillems/rl-starter-files model.py): conv 16-2, ReLU, max-pool 2, conv 32-2,
+    ReLU, conv 64-2, ReLU on the 7 x 7 view, then Linear(hidden), Tanh; no input scaling (raw grid indices)."""
+    c, h, w = obs_shape
+    side_h, side_w = (h - 1) // 2 - 2, (w - 1) // 2 - 2
+    return nn.Sequential(OrderedDict([
+        ("scale", Scale(1.0)),
+        ("conv1", nn.Conv2d(c, 16, 2)), ("act1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(16, 32, 2)), ("act2", nn.ReLU()),
+        ("conv3", nn.Conv2d(32, 64, 2)), ("act3", nn.ReLU()),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(64 * side_h * side_w, hidden)), ("act_fc", nn.Tanh()),
+        ("head", nn.Linear(hidden, out_dim)),
+    ]))
+
+
+NETWORKS = {"nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn, "minigrid_cnn": minigrid_cnn, "mlp": mlp}
 
 
 def build_network(kind: str, obs_shape: tuple[int, ...], out_dim: int, hidden: int,

@@ -36,6 +36,8 @@ from configs import ConfigError
 
 STATE_KEYS = ("obs", "frame_id", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row",
               "size")
+#: the keys indexed by row first; a checkpoint keeps only the rows written so far
+ROW_KEYS = STATE_KEYS[:-2]
 
 
 class ReplaySample(NamedTuple):
@@ -285,12 +287,20 @@ class ReplayBuffer:
                             self.observation(boot_row, envs), discount, flat, self.age_of(flat))
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: getattr(self, k).cpu() for k in STATE_KEYS}
+        """The rows written so far (rings fill from row 0, so rows past the fullest ring's size were never
+        written: an early checkpoint of a 1M-row buffer stays small), and the write positions."""
+        filled = int(self.size.max())
+        state = {k: getattr(self, k)[:filled].cpu().clone() for k in ROW_KEYS}  # a view would save all rows
+        state |= {"next_row": self.next_row.clone(), "size": self.size.clone()}
         return state | {"frames": self.frames.state_dict()} if self.frames is not None else state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in STATE_KEYS:
-            getattr(self, k).copy_(state[k])
+        for k in ROW_KEYS:
+            mine, saved = getattr(self, k), state[k]
+            mine[:len(saved)].copy_(saved)
+            mine[len(saved):] = 1 if k == "steps" else 0  # as a new buffer's unwritten rows
+        self.next_row.copy_(state["next_row"])
+        self.size.copy_(state["size"])
         if self.frames is not None:
             self.frames.load_state_dict(state["frames"])
 

@@ -23,8 +23,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-#: the installed envpool (1.2) hands out gymnasium's API and read-only vector attributes; gymnasium 1.x replaces gym
+#: ppo: the installed envpool (1.2) hands out gymnasium's API and read-only vector attributes; gymnasium 1.x replaces
+#: gym. rainbow: gymnasium 1.x registers ALE's ids only on request, renamed two wrappers, and resets vector envs on the
+#: next step by default (the peer was written for the same-step reset: asked for explicitly, with its key names); the
+#: peer's own package (cleanrl_utils) comes from its checkout, two folders above the script
 SHIMS: dict[str, list[tuple[str, str]]] = {
+    "rainbow_atari.py": [
+        ("import gymnasium as gym\n", "import gymnasium as gym\nimport ale_py\n\ngym.register_envs(ale_py)\n"),
+        ("gym.wrappers.GrayScaleObservation(env)", "gym.wrappers.GrayscaleObservation(env)"),
+        ("gym.wrappers.FrameStack(env, 4)", "gym.wrappers.FrameStackObservation(env, 4)"),
+        ("run_name) for i in range(args.num_envs)]\n    )",
+         "run_name) for i in range(args.num_envs)],\n"
+         "        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,\n    )"),
+        ("        if \"final_info\" in infos:\n            for info in infos[\"final_info\"]:\n",
+         "        if \"episode\" in infos.get(\"final_info\", {}):  # gymnasium 1.x: one dict of arrays\n"
+         "            final = infos[\"final_info\"]\n"
+         "            for info in [{\"episode\": {k: v[i] for k, v in final[\"episode\"].items()}}\n"
+         "                         for i in np.flatnonzero(final[\"_episode\"])]:\n"),
+        ('infos["final_observation"][idx]', 'infos["final_obs"][idx]'),
+        # NumPy 2.4 no longer stores a 1-element array in a scalar slot; the peer asserts num_envs == 1
+        ("        rb.add(obs, actions, rewards, real_next_obs, terminations)\n",
+         "        rb.add(obs[0], actions[0], rewards[0], real_next_obs[0], terminations[0])\n"),
+    ],
     "ppo_atari_envpool.py": [
         ("import gym\n", "import gymnasium as gym\n"),
         ("    envs.num_envs = args.num_envs\n", ""),

@@ -1,6 +1,14 @@
-"""Rainbow training throughput on Atari in the learning phase, against the network-only ceiling.
+"""Rainbow training throughput on Atari: against a peer (CleanRL's Rainbow) side by side, or in the learning phase
+against the network-only ceiling.
 
+    python benchmarks/rainbow_atari_sps.py --peer /tmp/cleanrl/cleanrl/rainbow_atari.py \
+        --peer-pythonpath /tmp/peer-site --peer-steps 2000 --learning-starts 500 --repeats 3
     python benchmarks/rainbow_atari_sps.py --repeats 3 --precision fp32 bf16
+
+With ``--peer`` (benchmarks/peers.py): whole-process wall times over the same agent steps of Breakout, alternated,
+of CleanRL's ``rainbow_atari.py`` (one environment, Python prioritised replay; BreakoutNoFrameskip-v4 with its
+wrappers) and of the suite's ``rainbow`` (``--envs`` environments, diagnostics on), both learning from
+``--learning-starts`` steps on (one update of batch 32 every 4 agent steps) with a 100k-transition replay.
 
 Setting: Breakout (envpool), Hessel et al. 2018's learning phase: one update of batch 32 every
 4 agent steps (train_frequency 4), diagnostics on at the default schedule. The learning phase is
@@ -82,13 +90,50 @@ def train(steps: int, envs: int, precision: str, root: Path, tag: str) -> tuple[
     return statistics.median(sps[3:]), peak_mb  # rows after learning starts (2,000 steps) and warm-up
 
 
+def against_peer(args: argparse.Namespace) -> None:
+    from benchmarks.peers import adapt, commit_of, report, side_by_side
+    from runners.train import machine_description
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        peer = adapt(args.peer, folder)
+        root = folder / "results"
+        n, starts = str(args.peer_steps), str(args.learning_starts)
+        peer_cmd = [sys.executable, str(peer), "--env-id", "BreakoutNoFrameskip-v4", "--total-timesteps", n,
+                    "--learning-starts", starts, "--buffer-size", "100000", "--seed", "1", "--no-cuda"]
+
+        def suite(precision: str):
+            return lambda r: [sys.executable, "-m", "runners.atari", "--agent", "rainbow", "--env", "Breakout",
+                              "--total-steps", n, "--set", f"env.num_envs={args.envs}", "--set",
+                              f"rainbow.learning_starts={starts}", "--set", "rainbow.buffer_size=100000", "--set",
+                              f"rainbow.precision={precision}", "--results-dir", str(root), "--experiment", "bench",
+                              "--run-name", f"{precision}-{r}", "--no-progress"]
+        arms = {f"rainbow ({args.envs} envs, {p}, diagnostics on)": suite(p) for p in args.precision}
+        pythonpath = ":".join(filter(None, [args.peer_pythonpath, str(args.peer.resolve().parents[1])]))
+        walls = side_by_side(peer_cmd, arms, args.repeats, folder, pythonpath)
+    m = machine_description(torch.device("cpu"))
+    print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}")
+    print(f"peer: {args.peer.name} at commit {commit_of(args.peer)} (API shims: benchmarks/peers.py)")
+    print(f"command: python benchmarks/rainbow_atari_sps.py --peer {args.peer} --peer-steps {args.peer_steps} "
+          f"--learning-starts {args.learning_starts} --envs {args.envs} --repeats {args.repeats} "
+          f"--precision {' '.join(args.precision)}\n")
+    report(walls, f"CleanRL {args.peer.name} (1 env)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", type=Path, help="the peer's script (CleanRL's rainbow_atari.py, in its checkout), "
+                        "fetched outside the repository: time it against the suite side by side")
+    parser.add_argument("--peer-pythonpath", help="folder with the peer's extra packages (tyro)")
+    parser.add_argument("--peer-steps", type=int, default=2000, help="agent steps per run with --peer")
+    parser.add_argument("--learning-starts", type=int, default=500, help="steps before learning, with --peer")
     parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     args = parser.parse_args()
+    if args.peer is not None:
+        against_peer(args)
+        return
     ceilings, ceilings_cl, peaks = [], [], []
     runs: dict[str, list[float]] = {p: [] for p in args.precision}
     with tempfile.TemporaryDirectory() as tmp:

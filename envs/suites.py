@@ -196,6 +196,19 @@ register(Suite("gym", "any registered gymnasium environment (--env-module import
 register(Suite("mujoco", "gymnasium's MuJoCo v5 tasks, with the PFO paper's settings", "envs.gym_envs:GymEnvConfig",
                _mujoco_ids, _make_mujoco, default_agent="ppo_pfo", id_kind="MuJoCo task", ids_name="tasks",
                prepare=import_env_modules))
+def _minigrid_ids() -> list[str]:
+    from envs.minigrid import minigrid_ids
+    return minigrid_ids()
+
+
+def _make_minigrid(cfg, env_id: str, seed: int):
+    from envs.minigrid import make_minigrid
+    return make_minigrid(cfg, env_id, seed)
+
+
+register(Suite("minigrid", "MiniGrid and BabyAI (envpool where it has the id, else gymnasium's vector API)",
+               "envs.minigrid:MiniGridConfig", _minigrid_ids, _make_minigrid, default_agent="ppo",
+               id_kind="MiniGrid/BabyAI id", ids_name="registered ids"))
 register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
                _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
                ignore_case=False, rl=False))

@@ -57,6 +57,20 @@ def test_ring_overwrites_the_oldest_rows_and_round_trips():
     assert torch.all(s.next_obs == (s.obs + 1) % 7 + 0 * s.obs) or torch.all(s.next_obs - s.obs == 1)
 
 
+def test_checkpoints_keep_only_the_rows_written():
+    empty = ReplayBuffer(100_000, 2, (4, 8), torch.uint8, torch.device("cpu"))
+    assert empty.state_dict()["obs"].shape == (0, 2, 4, 8)  # not 50,000 rows of zeros
+    assert empty.state_dict()["obs"].untyped_storage().nbytes() == 0  # nor a view of them (torch.save saves those)
+    buf = filled([1.0, 2.0, 3.0], [False, True, False], [False] * 3, envs=2, capacity=10)
+    state = buf.state_dict()
+    assert state["obs"].shape[0] == state["actions"].shape[0] == 3 and state["size"].tolist() == [3, 3]
+    used = filled([float(i) for i in range(7)], [True] * 7, [False] * 7, envs=2, capacity=10)  # a full buffer
+    used.load_state_dict(state)
+    fresh = filled([1.0, 2.0, 3.0], [False, True, False], [False] * 3, envs=2, capacity=10)
+    for key in ("obs", "actions", "rewards", "steps", "terminated", "truncated", "valid", "next_row", "size"):
+        assert torch.equal(getattr(used, key), getattr(fresh, key)), key  # the rows past 3 are as new again
+
+
 @pytest.mark.parametrize("agent", ["dqn", "dqn_soft_reset"])
 def test_dqn_runs_and_logs(agent, tmp_path):
     """(Exact resume of dqn_soft_reset is tested with the other agents in test_runner.py.)"""
