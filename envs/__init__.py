@@ -65,17 +65,23 @@ def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int
     """Mean (unclipped) return of uniformly random actions over ``episodes`` episodes.
 
     ``cfg``: the environment protocol to measure under (an agent's resolved ``env`` section, e.g. Atari's frame
-    skip and no-ops); by default the suite's plain one, 8 environments (MinAtar, classic control, gym, MuJoCo).
+    skip and no-ops); by default the suite's plain one, 8 environments (MinAtar, classic control, gym, MuJoCo,
+    MiniGrid).
     """
     import dataclasses
 
     import gymnasium as gym
     import numpy as np
     if cfg is None:
-        if get_suite(suite).config_class() is EnvConfig:
+        from envs.minigrid import MiniGridConfig
+        kind = get_suite(suite).config_class()
+        if kind is EnvConfig:
             cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
                             sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False,
                             reward_clip=False, max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+        elif kind is MiniGridConfig:
+            cfg = MiniGridConfig(id=env_id, backend="auto", num_envs=8, threads=0, max_episode_steps=0,
+                                 reward_clip=False)
         else:
             from envs.gym_envs import GymEnvConfig
             cfg = GymEnvConfig(id=env_id, module="", num_envs=8, max_episode_steps=0, normalize_obs=False,

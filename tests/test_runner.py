@@ -31,6 +31,9 @@ TINY = {
 MUJOCO_TINY = ["--env", "HalfCheetah-v5", "--set", "ppo.num_steps=64", "--set", "ppo.minibatch_size=32",
                "--set", "ppo.epochs=2", "--set", "env.obs_norm_steps=200", "--set", "diagnostics.interval=3",
                "--set", "diagnostics.probe_size=64", "--set", "run.checkpoint_steps=256", "--total-steps", "1280"]
+MINIGRID_TINY = ["--env", "MiniGrid-DoorKey-5x5-v0", "--set", "env.backend=gym", "--set", "env.num_envs=4",
+                 "--set", "ppo.num_steps=32", "--set", "ppo.minibatch_size=64", "--set", "diagnostics.interval=3",
+                 "--set", "diagnostics.probe_size=64", "--set", "run.checkpoint_steps=256", "--total-steps", "1280"]
 ALE_TINY = ["--env", "Breakout", "--set", "env.backend=ale", "--set", "env.num_envs=2", "--set", "ppo.num_steps=32",
             "--set", "ppo.minibatch_size=32", "--set", "diagnostics.interval=3", "--set", "diagnostics.probe_size=64",
             "--set", "run.checkpoint_steps=200", "--total-steps", "1280"]
@@ -147,8 +150,9 @@ OFF_POLICY_TINY = ["--env", "Breakout", "--set", "env.num_envs=2", "--set", "dia
                                  "rainbow.iteration_steps=200", "--set", "rainbow.buffer_size=2000", "--set",
                                  "rainbow.masp_period=5"], signal.SIGTERM),
     ("mujoco", "ppo_pfo", MUJOCO_TINY, signal.SIGTERM),
+    ("minigrid", "ppo", MINIGRID_TINY, signal.SIGTERM),
 ], ids=["ppo_pfo-minatar-SIGUSR1", "ppo_pfo-classic-SIGTERM", "ppo_pfo-ale-SIGTERM", "dqn_soft_reset-minatar",
-        "rainbow_masp-minatar", "ppo_pfo-mujoco-SIGTERM"])
+        "rainbow_masp-minatar", "ppo_pfo-mujoco-SIGTERM", "ppo-minigrid-gym-SIGTERM"])
 def test_interrupted_and_resumed_run_equals_uninterrupted_run(suite, agent, args, sig, tmp_path):
     args = ["--agent", agent, "--seed", "4", *args]
     rc, full = run_main(suite, args, tmp_path, "full")
