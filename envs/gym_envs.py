@@ -21,6 +21,8 @@ first), a Discrete as a one-hot vector. Two options of the PFO code's MuJoCo set
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -200,25 +202,29 @@ class GymVecEnv(VecEnv):
     def adopt_preprocessing(self, state: dict[str, Any]) -> None:
         self.mean, self.std = state.get("mean"), state.get("std")
 
+    @contextmanager
+    def _renderer_installed(self) -> Iterator[None]:
+        """A renderer's missing package (pygame for classic control, ...) as a one-line ConfigError."""
+        try:
+            yield
+        except (gym.error.DependencyNotInstalled, ImportError) as exc:
+            raise ConfigError(f"rendering {self.env_id} needs a package that is not installed ({exc}): "
+                              "pip install -e '.[video]'") from None
+
     def enable_rendering(self) -> None:
         """Rebuild the environments with ``render_mode="rgb_array"`` (``make_env`` takes it as a keyword)."""
         self.vec.close()
         try:
-            self.vec = gym.vector.SyncVectorEnv([lambda: self._make(render_mode="rgb_array")] * self.num_envs,
-                                                autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+            with self._renderer_installed():
+                self.vec = gym.vector.SyncVectorEnv([lambda: self._make(render_mode="rgb_array")] * self.num_envs,
+                                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         except TypeError:
             raise ConfigError(f"{self.env_id}'s factory takes no render_mode: it cannot render frames") from None
-        except (gym.error.DependencyNotInstalled, ImportError) as exc:
-            raise ConfigError(f"rendering {self.env_id} needs a package that is not installed ({exc}): "
-                              "pip install -e '.[video]'") from None
         self.render_fps = float(self.vec.envs[0].metadata.get("render_fps") or 30)
 
     def render(self) -> list[np.ndarray]:
-        try:
+        with self._renderer_installed():
             return [np.asarray(env.render()) for env in self.vec.envs]
-        except (gym.error.DependencyNotInstalled, ImportError) as exc:
-            raise ConfigError(f"rendering {self.env_id} needs a package that is not installed ({exc}): "
-                              "pip install -e '.[video]'") from None
 
     def close(self) -> None:
         self.vec.close()

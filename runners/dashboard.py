@@ -111,28 +111,25 @@ def resample(runs: list[Run], column: str, points: int) -> dict | None:
     return {"x": _round(grid), "y": [_round(s) for s in stack], "r": members}
 
 
-def heatmap(runs: list[Run], metric: str, points: int) -> dict | None:
-    """layers x time matrix (mean over runs) of ``plasticity/<metric>/<net>/<layer>`` columns."""
-    columns = sorted({c for r in runs for c in r.columns if c.startswith(f"plasticity/{metric}/")
-                      and not c.endswith("/all")})
-    rows, names = [], []
-    grid: list | None = None
+def heatmap(metrics: dict[str, dict[str, Any]], metric: str, group: str) -> dict | None:
+    """layers x time matrix (mean over the group's runs) of the ``plasticity/<metric>/<net>/<layer>`` curves
+    :func:`build` has already resampled, on the first layer's grid."""
+    columns = sorted(c for c in metrics if c.startswith(f"plasticity/{metric}/") and not c.endswith("/all")
+                     and group in metrics[c]["curves"])
+    if not columns:
+        return None
+    grid = metrics[columns[0]]["curves"][group]["x"]
+    rows = []
     for col in columns:
-        curve = resample(runs, col, points)
-        if curve is None:
-            continue
-        grid = grid or curve["x"]
-        stack = np.array([[np.nan if v is None else v for v in y] for y in curve["y"]], dtype=float)
+        stack = np.array([[np.nan if v is None else v for v in y] for y in metrics[col]["curves"][group]["y"]],
+                         dtype=float)
         with np.errstate(invalid="ignore"):
             counts = np.isfinite(stack).sum(0)
             mean = np.where(counts > 0, np.nansum(stack, 0) / np.maximum(counts, 1), np.nan)
         row = _round(mean)[:len(grid)]
         rows.append(row + [None] * (len(grid) - len(row)))
-        names.append(col.split("/", 2)[2])
-    if not rows or grid is None:
-        return None
     values = np.array([np.nan if v is None else v for row in rows for v in row], dtype=float)
-    return {"layers": names, "x": grid, "z": rows, "log": wants_log(values)}
+    return {"layers": [c.split("/", 2)[2] for c in columns], "x": grid, "z": rows, "log": wants_log(values)}
 
 
 def videos(run: Run, out: Path) -> list[str]:
@@ -156,6 +153,7 @@ def build(root: Path, out: Path, points: int = 100) -> dict:
     group_runs = list(members.values())
     columns = ["score", *sorted({c for r in runs for c in r.columns} - {"step"})]
     metrics: dict[str, dict[str, Any]] = {}
+    returns = any("charts/episodic_return" in r.columns for r in runs)  # else the score is supervised accuracy
     for col in columns:
         curves: dict[str, dict] = {}
         finite: list[float] = []
@@ -167,13 +165,11 @@ def build(root: Path, out: Path, points: int = 100) -> dict:
             curves[str(g)] = curve
             finite.extend(v for y in curve["y"] for v in y if v is not None)
         if curves:
-            returns = any("charts/episodic_return" in r.columns for r in runs)  # else: supervised accuracy
             bounds = domain(col) if col != "score" else [None, None] if returns else [0.0, 1.0]
             metrics[col] = {"domain": bounds, "log": wants_log(np.array(finite, dtype=float)), "curves": curves}
     heatmaps = {}
     for metric in HEATMAP_METRICS:
-        maps = {str(g): h for g, idx in enumerate(group_runs)
-                if (h := heatmap([runs[i] for i in idx], metric, points)) is not None}
+        maps = {str(g): h for g in range(len(group_runs)) if (h := heatmap(metrics, metric, str(g))) is not None}
         if maps:
             heatmaps[metric] = maps
     rank = next((c for c in PFO_RANKS if c in metrics), None)

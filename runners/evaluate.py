@@ -191,7 +191,6 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
         if getattr(sections["env"], "backend", None) == "envpool" and run.suite == "atari":
             sections["env"].backend = "ale"  # envpool keeps no colour screen; ale-py preprocesses as envpool does
     envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
-    folder = video_folder(run_dir, checkpoint, deterministic, seed)
     try:
         agent = run.make_agent(envs, resolve_device(device), sections["run"].seed)
         agent.load_state_dict(ckpt["agent"])
@@ -200,8 +199,8 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
         agent.envs.adopt_preprocessing(ckpt["envs"])
         if video:
             envs.enable_rendering()
-            recorder = EpisodeVideos(envs, folder)
-            make_dir(folder)
+            recorder = EpisodeVideos(envs, video_folder(run_dir, checkpoint, deterministic, seed))
+            make_dir(recorder.folder)
         t0 = time.perf_counter()
         played = rollout(agent, episodes, deterministic, seed, progress, recorder)
         seconds = time.perf_counter() - t0
@@ -210,7 +209,7 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
     except BaseException:
         if recorder is not None:
             recorder.close()
-            shutil.rmtree(folder, ignore_errors=True)  # no half evaluation's videos
+            shutil.rmtree(recorder.folder, ignore_errors=True)  # no half evaluation's videos
         raise
     finally:
         envs.close()
