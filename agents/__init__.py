@@ -40,6 +40,9 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               "PPO + Proximal Feature Optimization (Moalla et al. 2024), penultimate layer", variant="ppo_pfo"),
     AgentSpec("ppo_pfo_all", "agents.ppo:PPO", "ppo",
               "PPO + PFO on all layers' pre-activations (Moalla et al. 2024)", variant="ppo_pfo_all"),
+    AgentSpec("ppo_finetune", "agents.finetune:FinetunePPO", "ppo",
+              "PPO fine-tuning a pre-trained run with a retention method (Wolczyk et al. 2024; runners.finetune)",
+              variant="ppo_finetune", suites=("minigrid",)),
     AgentSpec("dqn", "agents.dqn:DQN", "dqn", "DQN with double-Q targets (Mnih et al. 2015; van Hasselt et al. 2016)"),
     AgentSpec("dqn_soft_reset", "agents.dqn:DQN", "dqn", "DQN whose Q-network is trained by the soft-reset learner "
               "(Galashov et al. 2024)", variant="dqn_soft_reset"),

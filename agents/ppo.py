@@ -35,7 +35,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -163,8 +163,8 @@ class PPO(Agent[PPOConfig]):
     section = "ppo"
     config_class = PPOConfig
 
-    STATE_KEYS = ("gen", "next_obs", "prev_done")
-    ACTION_SPACES = ("Discrete", "Box")
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ("gen", "next_obs", "prev_done")
+    ACTION_SPACES: ClassVar[tuple[str, ...]] = ("Discrete", "Box")
     actor: nn.Sequential
     critic: nn.Sequential
     next_obs: Tensor  # set by restart_episodes
@@ -352,7 +352,8 @@ class PPO(Agent[PPOConfig]):
                                                                          Tensor]:
         """The PPO(+PFO) loss of one minibatch; returns (loss, its terms, log-ratios, advantages used)."""
         cfg, w = self.cfg, batch.valid[idx]
-        params, phi, values = self._policy_and_value(self._scaled(batch.obs[idx]))
+        x = self._scaled(batch.obs[idx])
+        params, phi, values = self._policy_and_value(x)
         log_ratio = self.dist.log_prob(params, batch.actions[idx]) - batch.logprobs[idx]
         adv = normalize_advantages(batch.advantages[idx], w) if cfg.norm_adv else batch.advantages[idx]
         policy_loss = clipped_surrogate_loss(log_ratio, adv, cfg.clip_eps, w)
@@ -364,7 +365,18 @@ class PPO(Agent[PPOConfig]):
             loss = loss + cfg.pfo_coef * feature_loss
         terms: dict[str, Tensor | float] = {"losses/policy": policy_loss, "losses/value": value_loss,
                                             "losses/entropy": entropy, "losses/pfo": feature_loss}
+        extra = self.auxiliary_loss(x, params, w)
+        if extra is not None:
+            loss = loss + extra[0]
+            terms.update(extra[1])
         return loss, terms, log_ratio, adv
+
+    def auxiliary_loss(self, x: Tensor, params: Tensor, weight: Tensor
+                       ) -> tuple[Tensor, dict[str, Tensor | float]] | None:
+        """A research variant's extra loss term on one minibatch (scaled observations ``x``, the policy's
+        distribution parameters on them, the valid-sample weights), added to the PPO loss with its logged terms;
+        plain PPO has none (:mod:`agents.finetune`'s retention losses use it)."""
+        return None
 
     def update(self, diagnose: bool) -> dict[str, float]:
         cfg, B, M = self.cfg, self.batch_size, self.cfg.minibatch_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from configs import param
+from configs import ConfigError, param
 from envs.base import Episode, VecEnv, VecStep
 from envs.suites import REGISTRY, Suite, get_suite
 
@@ -61,31 +61,26 @@ def make_vec_env(suite: str, cfg, seed: int) -> VecEnv:
     return spec.make(cfg, spec.canonical_id(cfg.id), seed)
 
 
+def plain_config(suite: str, env_id: str, num_envs: int):
+    """The suite's plain env section for ``env_id`` (``Suite.plain``: no evaluation protocol), or ConfigError."""
+    plain = get_suite(suite).plain
+    if plain is None:
+        raise ConfigError(f"the {suite} suite declares no plain environment section")
+    return plain(env_id, num_envs)
+
+
 def random_policy_return(suite: str, env_id: str, episodes: int = 100, seed: int = 0, cfg=None) -> float:
     """Mean (unclipped) return of uniformly random actions over ``episodes`` episodes.
 
     ``cfg``: the environment protocol to measure under (an agent's resolved ``env`` section, e.g. Atari's frame
-    skip and no-ops); by default the suite's plain one, 8 environments (MinAtar, classic control, gym, MuJoCo,
-    MiniGrid).
+    skip and no-ops); by default the suite's plain one (its ``Suite.plain``), 8 environments.
     """
     import dataclasses
 
     import gymnasium as gym
     import numpy as np
     if cfg is None:
-        from envs.minigrid import MiniGridConfig
-        kind = get_suite(suite).config_class()
-        if kind is EnvConfig:
-            cfg = EnvConfig(id=env_id, backend="envpool", num_envs=8, threads=0, frame_skip=1, max_pool=True,
-                            sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False,
-                            reward_clip=False, max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
-        elif kind is MiniGridConfig:
-            cfg = MiniGridConfig(id=env_id, backend="auto", num_envs=8, threads=0, max_episode_steps=0,
-                                 reward_clip=False)
-        else:
-            from envs.gym_envs import GymEnvConfig
-            cfg = GymEnvConfig(id=env_id, module="", num_envs=8, max_episode_steps=0, normalize_obs=False,
-                               obs_norm_steps=1, time_aware=False, reward_clip=False)
+        cfg = plain_config(suite, env_id, 8)
     else:
         changes = {"id": env_id, "reward_clip": False}
         if hasattr(cfg, "episodic_life"):
@@ -117,5 +112,6 @@ __all__ = [
     "get_suite",
     "list_envs",
     "make_vec_env",
+    "plain_config",
     "random_policy_return",
 ]

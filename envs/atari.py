@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 from configs import ConfigError
-from envs.base import EpisodeTracker, VecEnv, VecStep
+from envs.base import EnvpoolVecEnv, EpisodeTracker, VecEnv, VecStep
 
 RAW_SHAPE = (210, 160)
 
@@ -54,10 +54,8 @@ def _sign(x: np.ndarray) -> np.ndarray:
     return np.sign(x).astype(np.float32)
 
 
-class EnvpoolAtari(VecEnv):
+class EnvpoolAtari(EnvpoolVecEnv):
     """envpool's C++ Atari pool (synchronous mode, all envs stepped together)."""
-
-    can_save_state = False
 
     def __init__(self, cfg, seed: int):
         try:
@@ -73,10 +71,9 @@ class EnvpoolAtari(VecEnv):
         if task not in envpool.list_all_envs():
             raise ConfigError(f"envpool has no Atari game '{cfg.id}'; use --set env.backend=ale "
                               "(ale-py ships more ROMs)")
-        self.num_envs = cfg.num_envs
         self.frame_skip = cfg.frame_skip
         max_steps = cfg.max_episode_frames // cfg.frame_skip if cfg.max_episode_frames else 10**9
-        self._env = envpool.make(
+        pool = envpool.make(
             task, env_type="gymnasium", num_envs=cfg.num_envs, batch_size=cfg.num_envs, seed=seed,
             num_threads=cfg.threads or min(cfg.num_envs, os.cpu_count() or 1),
             stack_num=cfg.stack, frame_skip=cfg.frame_skip, noop_max=cfg.noop_max,
@@ -85,32 +82,14 @@ class EnvpoolAtari(VecEnv):
             img_width=cfg.image_size, max_episode_steps=max_steps, full_action_space=cfg.full_action_space,
             gray_scale=True, use_inter_area_resize=True,
         )
+        super().__init__(pool, cfg.num_envs)
         self.single_observation_space = gym.spaces.Box(0, 255, (cfg.stack, cfg.image_size, cfg.image_size), np.uint8)
         self.single_action_space = gym.spaces.Discrete(self._env.action_space.n)
-        self._tracker = EpisodeTracker(self.num_envs)
-        self._was_done = np.zeros(self.num_envs, bool)
 
-    def reset(self) -> np.ndarray:
-        obs, _ = self._env.reset()
-        self._was_done[:] = False
-        self._tracker = EpisodeTracker(self.num_envs)
-        return obs
-
-    def step(self, actions: np.ndarray) -> VecStep:
-        obs, reward, terminated, truncated, info = self._env.step(np.asarray(actions, dtype=np.int32))
-        real_end = (info["terminated"].astype(bool) | truncated) & ~self._was_done
-        episodes = self._tracker.update(info["reward"], ~self._was_done, real_end)
-        self._was_done = terminated | truncated
-        return VecStep(obs, reward.astype(np.float32), terminated, truncated, episodes)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"backend": "envpool", "tracker": self._tracker.state_dict()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """envpool cannot restore emulators: the caller resets, and partial episodes are dropped."""
-
-    def close(self) -> None:
-        self._env.close()
+    def _read(self, reward, terminated, truncated, info):
+        """Learn from envpool's (clipped) reward; score whole games: the raw reward, ended at a real game over
+        (``info["terminated"]``: life-loss termination ends no game)."""
+        return reward, info["reward"], info["terminated"].astype(bool) | truncated
 
 
 class ALEAtari(VecEnv):

@@ -110,3 +110,49 @@ class VecEnv(ABC):
 
     def close(self) -> None:
         pass
+
+
+class EnvpoolVecEnv(VecEnv):
+    """What envpool pools share: synchronous stepping of all environments, next-step autoreset bookkeeping (the
+    step after an episode's end is its reset, whose reward belongs to no episode), episodes tracked, and no state
+    to restore (a resumed run resets them and drops the partial episodes). Subclasses make the pool and say how
+    to read a step (:meth:`_read`) and an observation (:meth:`_observe`)."""
+
+    can_save_state = False
+
+    def __init__(self, pool: Any, num_envs: int):
+        self._env = pool
+        self.num_envs = num_envs
+        self._tracker = EpisodeTracker(num_envs)
+        self._was_done = np.zeros(num_envs, bool)
+
+    def _observe(self, obs: Any) -> np.ndarray:
+        return obs
+
+    def _read(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, info: dict
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reward to learn from, reward to score episodes with, the episode really ended) of one step."""
+        return reward, reward, terminated | truncated
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self._env.reset()
+        self._was_done[:] = False
+        self._tracker = EpisodeTracker(self.num_envs)
+        return self._observe(obs)
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        obs, reward, terminated, truncated, info = self._env.step(np.asarray(actions, dtype=np.int32))
+        learn, score, ended = self._read(reward, terminated, truncated, info)
+        counted = ~self._was_done
+        episodes = self._tracker.update(score, counted, ended & counted)
+        self._was_done = terminated | truncated
+        return VecStep(self._observe(obs), learn.astype(np.float32), terminated, truncated, episodes)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"backend": "envpool", "tracker": self._tracker.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """envpool cannot restore its environments: the caller resets, and partial episodes are dropped."""
+
+    def close(self) -> None:
+        self._env.close()

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from configs import ConfigError, param
-from envs.base import EpisodeTracker, VecEnv, VecStep
+from envs.base import EnvpoolVecEnv, VecEnv
 
 VIEW = 7
 DIRECTIONS = 4
@@ -52,7 +52,9 @@ def minigrid_ids() -> list[str]:
         import minigrid  # noqa: F401  (registers the ids)
     except ImportError:
         raise ConfigError("the minigrid suite needs the 'minigrid' package: pip install -e '.[minigrid]'") from None
-    return sorted(k for k in gym.registry if k.startswith(("MiniGrid-", "BabyAI-")))
+    from envs.forgetting import register_testbeds
+    register_testbeds()
+    return sorted(k for k in gym.registry if k.startswith(("MiniGrid-", "BabyAI-", "plasticity/NearFar")))
 
 
 def uses_mission(env_id: str) -> bool:
@@ -106,53 +108,29 @@ def envpool_has(env_id: str) -> bool:
     return env_id in envpool.list_all_envs()
 
 
-class EnvpoolMiniGrid(VecEnv):
+class EnvpoolMiniGrid(EnvpoolVecEnv):
     """envpool's MiniGrid pool (synchronous), observations encoded as the gym back end's."""
-
-    can_save_state = False
 
     def __init__(self, cfg: MiniGridConfig, seed: int):
         import envpool
         self.cfg = cfg
-        self.num_envs = cfg.num_envs
         kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
-        self._env = envpool.make(cfg.id, env_type="gymnasium", num_envs=cfg.num_envs, batch_size=cfg.num_envs,
-                                 seed=seed, num_threads=cfg.threads or min(cfg.num_envs, os.cpu_count() or 1),
-                                 **kwargs)
+        super().__init__(envpool.make(cfg.id, env_type="gymnasium", num_envs=cfg.num_envs, batch_size=cfg.num_envs,
+                                      seed=seed, num_threads=cfg.threads or min(cfg.num_envs, os.cpu_count() or 1),
+                                      **kwargs), cfg.num_envs)
         self._mission = uses_mission(cfg.id)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (channels(cfg.id), VIEW, VIEW), np.float32)
         self.single_action_space = gym.spaces.Discrete(self._env.action_space.n)
-        self._tracker = EpisodeTracker(self.num_envs)
-        self._was_done = np.zeros(self.num_envs, bool)
 
-    def _encode(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def _observe(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         missions = ([bytes(m).rstrip(b"\0").decode("ascii", "replace") for m in obs["mission"]]
                     if self._mission else None)
         return encode(obs["image"], obs["direction"], missions)
 
-    def reset(self) -> np.ndarray:
-        obs, _ = self._env.reset()
-        self._was_done[:] = False
-        self._tracker = EpisodeTracker(self.num_envs)
-        return self._encode(obs)
-
-    def step(self, actions: np.ndarray) -> VecStep:
-        obs, reward, terminated, truncated, _ = self._env.step(np.asarray(actions, dtype=np.int32))
-        reward = np.asarray(reward, np.float64) * ~self._was_done  # the reset step's reward is not the episode's
-        ended = (terminated | truncated) & ~self._was_done
-        episodes = self._tracker.update(reward, ~self._was_done, ended)
-        self._was_done = terminated | truncated
-        learn = np.sign(reward) if self.cfg.reward_clip else reward
-        return VecStep(self._encode(obs), learn.astype(np.float32), terminated, truncated, episodes)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"backend": "envpool", "tracker": self._tracker.state_dict()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """envpool cannot restore its environments: the caller resets, and partial episodes are dropped."""
-
-    def close(self) -> None:
-        self._env.close()
+    def _read(self, reward, terminated, truncated, info):
+        """The reset step's reward (after an episode's end) is no episode's and not learned from either."""
+        reward = np.asarray(reward, np.float64) * ~self._was_done
+        return (np.sign(reward) if self.cfg.reward_clip else reward), reward, terminated | truncated
 
 
 def make_minigrid(cfg: MiniGridConfig, env_id: str, seed: int) -> VecEnv:
@@ -168,6 +146,7 @@ def make_minigrid(cfg: MiniGridConfig, env_id: str, seed: int) -> VecEnv:
     limit = cfg.max_episode_steps or None
 
     def make(**kwargs) -> gym.Env:
+        minigrid_ids()  # registers the ids in a worker process too
         return MiniGridObservation(gym.make(env_id, max_episode_steps=limit, **kwargs), env_id)
     return GymVecEnv(make, cfg.num_envs, seed, obs_transform=lambda o: np.asarray(o, np.float32),
                      reward_clip=cfg.reward_clip)

@@ -38,6 +38,10 @@ class Suite:
     budget: str = "steps"  # what run.total_steps counts: "steps" (--total-steps) or "updates" (--total-updates)
     prepare: Callable[[Any], None] = lambda cfg: None  # runs before ids are looked up (imports env.module)
     family_configs: str = ""  # folder of configs/ with the per-agent overrides (default: the suite's name)
+    #: (id, num_envs) -> the suite's plain env section, no protocol (random-policy baselines, far-part evaluations)
+    plain: Callable[[str, int], Any] | None = None
+    #: the env.backend that renders colour frames, where the suite's default one cannot (runners.evaluate --video)
+    render_backend: str = ""
     #: above this many ids, an unknown id's error names the closest ones rather than all
     LIST_ALL: int = 40
 
@@ -79,6 +83,26 @@ def rl_suites() -> tuple[str, ...]:
 
 
 # -- the suites ------------------------------------------------------------------------------
+
+def _plain_env(env_id: str, num_envs: int):
+    """An Atari/MinAtar/classic env section with no protocol: no frame skip, sticky actions, no-ops or clipping."""
+    from envs import EnvConfig
+    return EnvConfig(id=env_id, backend="envpool", num_envs=num_envs, threads=0, frame_skip=1, max_pool=True,
+                     sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
+                     max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+
+
+def _plain_gym(env_id: str, num_envs: int):
+    from envs.gym_envs import GymEnvConfig
+    return GymEnvConfig(id=env_id, module="", num_envs=num_envs, max_episode_steps=0, normalize_obs=False,
+                        obs_norm_steps=1, time_aware=False, reward_clip=False)
+
+
+def _plain_minigrid(env_id: str, num_envs: int):
+    from envs.minigrid import MiniGridConfig
+    return MiniGridConfig(id=env_id, backend="auto", num_envs=num_envs, threads=0, max_episode_steps=0,
+                          reward_clip=False)
+
 
 def _atari_games() -> list[str]:
     from envs.atari import atari_games
@@ -136,12 +160,13 @@ def _make_stream(cfg, env_id: str, seed: int):
 
 register(Suite("atari", "Atari 2600 games through envpool or ale-py", "envs:EnvConfig", _atari_games, _make_atari,
                default_agent="ppo_pfo", id_kind="Atari game", ids_name="games",
-               alias=lambda env_id: env_id.removeprefix("ALE/").split("-")[0]))
+               alias=lambda env_id: env_id.removeprefix("ALE/").split("-")[0], plain=_plain_env,
+               render_backend="ale"))
 register(Suite("minatar", "MinAtar games, in-process", "envs:EnvConfig", _minatar_games, _make_minatar,
                default_agent="ppo_pfo", id_kind="MinAtar game", ids_name="games",
-               alias=lambda env_id: env_id.removeprefix("MinAtar/").split("-")[0]))
+               alias=lambda env_id: env_id.removeprefix("MinAtar/").split("-")[0], plain=_plain_env))
 register(Suite("classic", "gymnasium classic control", "envs:EnvConfig", _classic_ids, _make_classic,
-               default_agent="ppo_pfo", id_kind="classic-control environment"))
+               default_agent="ppo_pfo", id_kind="classic-control environment", plain=_plain_env))
 def import_env_modules(cfg) -> None:
     """Import the modules named in ``env.module`` (comma-separated): they register environments with gymnasium."""
     for name in filter(None, (m.strip() for m in cfg.module.split(","))):
@@ -192,10 +217,11 @@ def _make_mujoco(cfg, env_id: str, seed: int):
 
 register(Suite("gym", "any registered gymnasium environment (--env-module imports one that registers more)",
                "envs.gym_envs:GymEnvConfig", _gym_ids, _make_gym, default_agent="ppo",
-               id_kind="gymnasium id", ids_name="registered ids", prepare=import_env_modules, family_configs="classic"))
+               id_kind="gymnasium id", ids_name="registered ids", prepare=import_env_modules, family_configs="classic",
+               plain=_plain_gym))
 register(Suite("mujoco", "gymnasium's MuJoCo v5 tasks, with the PFO paper's settings", "envs.gym_envs:GymEnvConfig",
                _mujoco_ids, _make_mujoco, default_agent="ppo_pfo", id_kind="MuJoCo task", ids_name="tasks",
-               prepare=import_env_modules))
+               prepare=import_env_modules, plain=_plain_gym))
 def _minigrid_ids() -> list[str]:
     from envs.minigrid import minigrid_ids
     return minigrid_ids()
@@ -208,7 +234,7 @@ def _make_minigrid(cfg, env_id: str, seed: int):
 
 register(Suite("minigrid", "MiniGrid and BabyAI (envpool where it has the id, else gymnasium's vector API)",
                "envs.minigrid:MiniGridConfig", _minigrid_ids, _make_minigrid, default_agent="ppo",
-               id_kind="MiniGrid/BabyAI id", ids_name="registered ids"))
+               id_kind="MiniGrid/BabyAI id", ids_name="registered ids", plain=_plain_minigrid, render_backend="gym"))
 register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
                _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
                ignore_case=False, rl=False))

@@ -15,10 +15,12 @@ Any error in what was asked is one line and exit status 2, with nothing written.
 ``--video`` writes one MP4 per evaluated episode under ``RUN_DIR/videos/<checkpoint>-<actions>-s<seed>/``
 (``episode_000.mp4`` ... in the order of eval.json's ``returns``; a folder that exists gets a new suffix, so no
 video is overwritten), streamed frame by frame with imageio's ffmpeg writer (the ``video`` extra). Frames are
-the environments' own colour renderings, not what the agent sees: Atari's RGB screen (an envpool run is
-evaluated on the ale-py back end, whose preprocessing is envpool's, see envs/atari.py), gymnasium's
-``rgb_array`` (MuJoCo through EGL unless ``MUJOCO_GL`` says otherwise), MinAtar's palette; small frames are
-enlarged with whole pixels. The dashboard links each run's videos.
+the environments' own colour renderings, not what the agent sees: Atari's RGB screen, gymnasium's ``rgb_array``
+(MuJoCo through EGL unless ``MUJOCO_GL`` says otherwise, MiniGrid's tiles), MinAtar's palette; small frames are
+enlarged with whole pixels. envpool keeps no colour frames, so an envpool run is evaluated on its suite's
+``render_backend`` (``envs/suites.py``): Atari's ale-py, whose preprocessing is envpool's (envs/atari.py);
+MiniGrid's gymnasium package, whose episodes differ from envpool's re-implementation for the same seed. The
+dashboard links each run's videos.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from configs import ConfigError
+from envs import get_suite
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation environments are seeded apart from training's (env_seed(run.seed) + i)
 
@@ -188,8 +191,9 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
     recorder: EpisodeVideos | None = None
     if video:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering (before mujoco is imported)
-        if getattr(sections["env"], "backend", None) == "envpool" and run.suite == "atari":
-            sections["env"].backend = "ale"  # envpool keeps no colour screen; ale-py preprocesses as envpool does
+        render_backend = get_suite(run.suite).render_backend
+        if render_backend and getattr(sections["env"], "backend", render_backend) != render_backend:
+            sections["env"].backend = render_backend  # envpool keeps no colour frames: the suite's other back end
     envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
     try:
         agent = run.make_agent(envs, resolve_device(device), sections["run"].seed)

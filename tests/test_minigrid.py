@@ -69,3 +69,18 @@ def test_unknown_id_is_one_line_naming_the_closest(capsys):
     assert ("unknown MiniGrid/BabyAI id 'MiniGrid-DoorKey-9x9-v0'; closest registered ids: "
             "MiniGrid-DoorKey-8x8-v0") in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_envpool_run_is_filmed_on_the_gym_back_end(tmp_path):
+    """envpool keeps no colour frames: runners.evaluate --video switches to the suite's render back end."""
+    pytest.importorskip("envpool")
+    pytest.importorskip("imageio_ffmpeg")
+    from runners.cli import main
+    from runners.evaluate import main as evaluate
+    assert main("minigrid", ["--env", "MiniGrid-Empty-5x5-v0", "--total-steps", "64", "--results-dir", str(tmp_path),
+                             "--run-name", "r", "--no-progress", "--set", "env.num_envs=2", "--set", "ppo.num_steps=32",
+                             "--set", "ppo.minibatch_size=32", "--set", "diagnostics.enabled=false"]) == 0
+    run = tmp_path / "minigrid" / "r"
+    assert "backend: auto" in (run / "config.yaml").read_text()  # envpool has Empty-5x5
+    assert evaluate([str(run), "--episodes", "1", "--video", "--no-progress"]) == 0
+    assert (run / "videos" / "latest-deterministic-s0" / "episode_000.mp4").stat().st_size > 0

@@ -6,8 +6,8 @@
 Every run is a normal run directory (under ``results/<experiment>/``), launched as a
 subprocess of the suite's runner, two at a time; the page is rebuilt from their
 ``metrics.csv`` files, so rerunning the command reproduces every number and plot.
-One module per experiment (``plasticity_supervised``, ``soft_reset``, ``masp``, ``pfo``, ``ra_dt``) on the
-shared helpers of ``common``; the intervals are ``runners.stats``'.
+One module per experiment (``plasticity_supervised``, ``soft_reset``, ``masp``, ``pfo``, ``ra_dt``,
+``forgetting``) on the shared helpers of ``common``; the intervals are ``runners.stats``'.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import sys
 
 from configs import ConfigError
 from runners.experiments.common import REPO
+from runners.experiments.forgetting import forgetting
 from runners.experiments.masp import masp, similarity_changes
 from runners.experiments.pfo import pfo
 from runners.experiments.plasticity_supervised import plasticity_supervised
@@ -25,7 +26,7 @@ from runners.experiments.soft_reset import soft_reset
 from runners.stats import interval_order, t_interval
 
 EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp, "pfo": pfo,
-               "ra_dt": ra_dt}
+               "ra_dt": ra_dt, "forgetting": forgetting}
 
 __all__ = ["EXPERIMENTS", "interval_order", "main", "similarity_changes", "t_interval"]
 

@@ -1,0 +1,192 @@
+"""results/forgetting.md: fine-tuning a pre-trained policy forgets the far part of the task, and retention methods
+keep it (Wolczyk et al. 2024), on the NearFar testbed (``envs/forgetting.py``, ``agents/finetune.py``).
+
+Per seed: PPO pre-trained on the far part (``runners.minigrid``), then fine-tuned on the whole task by each method
+from that same pre-trained run (``runners.finetune --pretrained``). The page reads every fine-tuning run's
+``eval.json`` (far-part success, KL from the pre-trained policy) and ``metrics.csv`` (full-task returns,
+diagnostics).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from agents.finetune import METHODS
+from configs import read_yaml
+from envs.forgetting import FAR_ID
+from runners.experiments.common import (
+    BEATS,
+    Arm,
+    machine_line,
+    plot_bands,
+    pyplot,
+    run_arms,
+    save_figure,
+    write_page,
+)
+from runners.stats import interval_order, t_interval
+from runners.storage import read_metrics
+
+PRETRAIN, QUICK_PRETRAIN = "100000", "4096"
+FINETUNE, QUICK_FINETUNE = "250000", "8192"
+QUICK_SETS = ("--set", "run.eval_interval=2048", "--set", "run.eval_episodes=8", "--set", "finetune.data_steps=256")
+LABELS = {"ft": "fine-tuning (ft)", "freeze": "frozen encoder", "kickstart": "kickstarting",
+          "bc": "behavioural cloning", "ewc": "EWC"}
+FINAL = 0.1  # the full-task return at the end: the mean of the last 10% of logged episode returns
+#: (column, name on the page): the toolkit's diagnostics on the fine-tuned network at the end
+DIAGNOSTICS = (("plasticity/srank/actor/fc", "srank of the last hidden layer"),
+               ("plasticity/dormant_frac/actor/fc", "dormant share of the last hidden layer"),
+               ("plasticity/elr/critic/fc", "ELR of the last hidden layer"),
+               ("plasticity/update_ratio/critic/conv1", "update / weight norm of the first convolution"))
+
+
+def pretrain_arm(quick: bool) -> Arm:
+    return Arm("pretrain", "minigrid", ("--agent", "ppo", "--env", FAR_ID, "--total-steps",
+                                        QUICK_PRETRAIN if quick else PRETRAIN))
+
+
+def finetune_arms(pretrained: Path, quick: bool) -> list[Arm]:
+    extra = QUICK_SETS if quick else ()
+    return [Arm(LABELS[m], "finetune", ("--method", m, "--pretrained", str(pretrained), "--total-steps",
+                                        QUICK_FINETUNE if quick else FINETUNE, *extra)) for m in METHODS]
+
+
+def far_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """(steps, far success, the pre-trained policy's far success, KL from it) of one run's evaluations."""
+    evals = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    steps = np.array([e["step"] for e in evals], float)
+    return (steps, np.array([e["far"]["success"] for e in evals]), float(evals[0]["far"]["success_pretrained"]),
+            np.array([e["far"]["kl_from_pretrained"] for e in evals]))
+
+
+def logged(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows where ``column`` was logged."""
+    m = read_metrics(run_dir / "metrics.csv")
+    steps, values = np.array(m["step"]), np.array(m.get(column, [math.nan] * len(m["step"])))
+    keep = ~np.isnan(values)
+    return steps[keep], values[keep]
+
+
+def binned_returns(run_dir: Path, edges: np.ndarray) -> np.ndarray:
+    """Mean full-task episode return in each bin of steps (NaN where no episode ended)."""
+    steps, values = logged(run_dir, "charts/episodic_return")
+    which = np.digitize(steps, edges[1:-1])
+    return np.array([values[which == i].mean() if (which == i).any() else math.nan for i in range(len(edges) - 1)])
+
+
+def nan_mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN (NaN if none are)."""
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else math.nan
+
+
+def interval(values) -> tuple[float, float]:
+    return t_interval([float(v) for v in values])
+
+
+def fmt(iv: tuple[float, float], digits: int = 2) -> str:
+    """``mean ± half-width``; "n/a" where nothing was logged; small magnitudes in scientific notation."""
+    if math.isnan(iv[0]):
+        return "n/a"
+    if iv[0] and abs(iv[0]) < 0.01:
+        return f"{iv[0]:.1e} ± {iv[1]:.1e}"
+    return f"{iv[0]:.{digits}f} ± {iv[1]:.{digits}f}"
+
+
+def run_value(run_dir: Path, key: str):
+    """``section.field`` of a run's resolved config."""
+    section, _, field = key.partition(".")
+    return read_yaml(run_dir / "config.yaml")[0][section][field]
+
+
+def forgetting(args) -> None:
+    plt = pyplot()
+    quick = args.quick
+    seeds = [1, 2] if quick else [1, 2, 3]
+    suffix = "_quick" if quick else ""
+    experiment, results = f"forgetting{suffix}", Path(args.results_dir)
+    pre_dirs = run_arms([pretrain_arm(quick)], seeds, experiment, results, [])
+    run_dirs: dict[tuple[str, int], Path] = {}
+    for seed in seeds:
+        run_dirs.update(run_arms(finetune_arms(pre_dirs[("pretrain", seed)], quick), [seed], experiment, results, []))
+    labels = [LABELS[m] for m in METHODS]
+
+    far = {(label, s): far_curve(run_dirs[(label, s)]) for label in labels for s in seeds}
+    steps = far[(labels[0], seeds[0])][0]
+    success = {label: np.array([far[(label, s)][1] for s in seeds]) for label in labels}
+    kl = {label: np.array([far[(label, s)][3] for s in seeds]) for label in labels}
+    pretrained = np.array([far[(labels[0], s)][2] for s in seeds])
+    total = float(FINETUNE if not quick else QUICK_FINETUNE)
+    edges = np.linspace(0, total, 21)
+    returns = {label: np.array([binned_returns(run_dirs[(label, s)], edges) for s in seeds]) for label in labels}
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    plot_bands(axes[0], success, steps)
+    axes[0].axhline(pretrained.mean(), color="k", ls="--", lw=1, label="pre-trained policy")
+    axes[0].set(title="far part: success of far-start episodes", xlabel="fine-tuning steps", ylabel="success rate")
+    plot_bands(axes[1], returns, (edges[:-1] + edges[1:]) / 2)
+    axes[1].set(title="whole task: episode return", xlabel="fine-tuning steps", ylabel="return")
+    plot_bands(axes[2], kl, steps)
+    axes[2].set(title="KL(pre-trained || fine-tuned) on far-part states", xlabel="fine-tuning steps", ylabel="KL")
+    axes[0].legend(fontsize=7)
+    curves_png = save_figure(fig, f"forgetting_curves{suffix}.png")
+
+    stats: dict[str, dict[str, tuple[float, float]]] = {}
+    rows = []
+    for label in labels:
+        tail = [binned_returns(run_dirs[(label, s)], edges) for s in seeds]
+        final = [nan_mean(r[-max(1, round(len(r) * FINAL)):]) for r in tail]
+        diag = []
+        for column, _ in DIAGNOSTICS:
+            diag.append(interval([logged(run_dirs[(label, s)], column)[1][-1] for s in seeds]))
+        stats[label] = {"min": interval(success[label].min(1)), "end": interval(success[label][:, -1]),
+                        "final": interval(final), "kl": interval(kl[label][:, -1])}
+        rows.append(f"| {label} | {fmt(stats[label]['min'])} | {fmt(stats[label]['end'])} | "
+                    f"{fmt(stats[label]['final'])} | {fmt(stats[label]['kl'], 3)} | "
+                    + " | ".join(fmt(d) for d in diag) + " |")
+    pre = interval(pretrained)
+    ft = stats[LABELS["ft"]]
+    first = run_dirs[(labels[0], seeds[0])]
+
+    def compare(label: str, key: str) -> str:
+        return f"{label} {BEATS[interval_order(stats[label][key], ft[key])]} fine-tuning " \
+               f"({stats[label][key][0]:.2f} vs {ft[key][0]:.2f})"
+
+    forgets = {1: "does not forget (its lowest far success lies above the pre-trained policy's)",
+               0: "shows no forgetting distinguishable from zero (its lowest far success overlaps the pre-trained "
+                  "policy's)",
+               -1: "forgets the far part (its lowest far success lies below the pre-trained policy's)"}
+    retention = [label for label in labels if label != LABELS["ft"]]
+    pre_steps = QUICK_PRETRAIN if quick else PRETRAIN
+    lines = [
+        "# Forgetting in fine-tuning and its mitigation (Wolczyk et al. 2024), here", "",
+        f"Command: `python -m runners.experiments forgetting{' --quick' if quick else ''}`. Testbed: "
+        "`plasticity/NearFar-v0` (`envs/forgetting.py`): a near room with a key and a locked door, then a far room "
+        "with a wall to cross at its gap and the goal. Per seed, PPO (the minigrid suite's settings) is pre-trained "
+        f"for {int(pre_steps):,} steps on the far part alone (`plasticity/NearFar-Far-v0`: episodes start past the "
+        f"open door), then each method fine-tunes that same policy for {int(total):,} steps on the whole task "
+        "(`python -m runners.finetune --method=...`; `agents/finetune.py` for the methods and their sources). "
+        f"Every {run_value(first, 'run.eval_interval'):,} steps the fine-tuned policy plays "
+        f"{run_value(first, 'run.eval_episodes')} far-start episodes with sampled actions; their success rate is the "
+        "far-part knowledge. "
+        f"{len(seeds)} seeds; intervals are 95% Student-t intervals across seeds. The paper fine-tunes on NetHack "
+        "for 500M steps; this is the same question at the size of 2 CPU cores.", "",
+        f"![curves](figures/{curves_png.name})", "",
+        "| method | lowest far success | far success at the end | whole-task return at the end (last 10%) | "
+        "KL from the pre-trained policy at the end | "
+        + " | ".join(f"{name} (end)" for _, name in DIAGNOSTICS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(DIAGNOSTICS), *rows, "",
+        f"The pre-trained policy's far success: {fmt(pre)}.", "",
+        "## Verdicts (one rule: a claim holds where the 95% intervals separate)", "",
+        f"- Plain fine-tuning forgets the far part before it gets there: fine-tuning "
+        f"{forgets[interval_order(ft['min'], pre)]} ({ft['min'][0]:.2f} vs {pre[0]:.2f}).",
+        "- Retention methods prevent the forgetting (lowest far success, against fine-tuning's): "
+        + "; ".join(compare(label, "min") for label in retention) + ".",
+        "- ... and keep the transfer (whole-task return at the end, against fine-tuning's): "
+        + "; ".join(compare(label, "final") for label in retention) + ".",
+        "", machine_line(run_dirs), "",
+    ]
+    print(write_page(f"forgetting{suffix}.md", lines))

@@ -1,0 +1,203 @@
+"""The forgetting testbed and fine-tuning with retention (Wolczyk et al. 2024): the losses by hand, the methods on a
+pre-trained run, the runner end to end, bad input."""
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("minigrid")
+
+from agents.finetune import FinetunePPO, diagonal_fisher, encoder_layers, ewc_penalty, kickstart_coefficient  # noqa: E402
+from agents.networks import minigrid_cnn  # noqa: E402
+from envs.forgetting import FAR_ID, FULL_ID  # noqa: E402
+from envs.minigrid import minigrid_ids  # noqa: E402
+from runners import finetune  # noqa: E402
+from runners.cli import main  # noqa: E402
+from runners.rundir import build_agent  # noqa: E402
+
+TINY = ["--no-progress", "--set", "env.num_envs=2", "--set", "ppo.num_steps=32", "--set", "ppo.minibatch_size=32",
+        "--set", "diagnostics.interval=1", "--set", "run.checkpoint_steps=64"]
+
+
+def test_testbed_layout_near_and_far_starts():
+    minigrid_ids()
+    near, far = gym.make(FULL_ID).unwrapped, gym.make(FAR_ID).unwrapped
+    for seed in range(5):
+        near.reset(seed=seed)
+        far.reset(seed=seed)
+        assert 1 <= near.agent_pos[0] <= 4 and 6 <= far.agent_pos[0] <= 7
+        door = [near.grid.get(5, y) for y in range(1, 6) if near.grid.get(5, y) is not None
+                and near.grid.get(5, y).type == "door"]
+        assert len(door) == 1 and door[0].is_locked
+        far_door = [far.grid.get(5, y) for y in range(1, 6) if far.grid.get(5, y).type == "door"]
+        assert far_door[0].is_open and not far_door[0].is_locked
+        walls = [y for y in range(1, 6) if far.grid.get(8, y) is not None]
+        assert len(walls) == 4  # one gap in the wall column
+        goal = [(x, y) for x in range(1, 12) for y in range(1, 6)
+                if far.grid.get(x, y) is not None and far.grid.get(x, y).type == "goal"]
+        assert len(goal) == 1 and goal[0][0] in (10, 11)
+        keys = [(x, y) for x in range(1, 5) for y in range(1, 6)
+                if near.grid.get(x, y) is not None and near.grid.get(x, y).type == "key"]
+        assert len(keys) == 1
+
+
+def test_kickstart_coefficient_by_hand():
+    assert kickstart_coefficient(0.75, 0.99998, 0.33, 0) == 0.75
+    assert kickstart_coefficient(0.75, 0.99998, 0.33, 1) == pytest.approx(0.749985)
+    assert kickstart_coefficient(0.75, 0.5, 0.33, 1) == 0.375
+    assert kickstart_coefficient(0.75, 0.5, 0.33, 2) == 0.33  # 0.1875 floored
+
+
+def test_ewc_penalty_by_hand():
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    anchors = [torch.tensor([0.0, 0.0]), torch.tensor([[1.0]])]
+    fisher = [torch.tensor([0.5, 2.0]), torch.tensor([[0.25]])]
+    assert float(ewc_penalty(params, anchors, fisher)) == pytest.approx(0.5 * 1 + 2.0 * 4 + 0.25 * 4)
+
+
+def test_diagonal_fisher_is_the_mean_of_per_sample_squared_gradients():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4))
+    obs, actions = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 1])
+
+    def log_prob(out, a):
+        return torch.log_softmax(out, -1).gather(1, a[:, None]).squeeze(1)
+    fisher = diagonal_fisher(net, obs, actions, log_prob, chunk=2)
+    expected = [torch.zeros_like(p) for p in net.parameters()]
+    for x, a in zip(obs, actions):
+        net.zero_grad()
+        log_prob(net(x[None]), a[None]).sum().backward()
+        for e, p in zip(expected, net.parameters()):
+            e += p.grad ** 2 / len(obs)
+    for f, e in zip(fisher, expected):
+        torch.testing.assert_close(f, e)
+
+
+def test_the_encoder_is_every_layer_before_the_last_hidden_one():
+    net = minigrid_cnn((7, 7, 7), 7)
+    names = [n for n, m in net.named_children() if any(m is e for e in encoder_layers(net))]
+    assert names == ["scale", "conv1", "act1", "pool1", "conv2", "act2", "conv3", "act3", "flatten"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    assert main("minigrid", ["--agent=ppo", f"--env={FAR_ID}", "--total-steps=128", f"--results-dir={root}",
+                             "--run-name=pre", *TINY]) == 0
+    return root / "minigrid" / "pre"
+
+
+def finetuner(pretrained: Path, method: str) -> FinetunePPO:
+    agent = build_agent("minigrid", "ppo_finetune", [("env.id", FULL_ID), ("env.num_envs", "2"),
+                                                     ("ppo.num_steps", "32"), ("ppo.minibatch_size", "32"),
+                                                     ("finetune.method", method), ("finetune.data_steps", "64"),
+                                                     ("finetune.data_envs", "2"),
+                                                     ("finetune.pretrained", str(pretrained))], seed=3)
+    assert isinstance(agent, FinetunePPO)
+    return agent
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_and_kickstart_kl_is_zero_against_itself(pretrained):
+    agent = finetuner(pretrained, "kickstart")
+    saved = torch.load(pretrained / "checkpoints" / "latest.pt", weights_only=False)["agent"]["actor"]
+    for k, v in agent.actor.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    agent.collect()
+    batch = agent._prepare_batch()
+    idx = torch.arange(32)
+    x = agent._scaled(batch.obs[idx])
+    params = agent._policy(x)[0]
+    loss, terms = agent.auxiliary_loss(x, params, batch.valid[idx])
+    assert float(loss.detach()) == 0.0 and float(terms["losses/kickstart_kl"].detach()) == 0.0
+    assert terms["losses/kickstart_coef"] == 0.75
+    agent.update(diagnose=False)
+    assert agent.sgd_steps == agent.cfg.epochs * 2  # 2 envs x 32 steps: two minibatches of 32 per epoch
+    loss, terms = agent.auxiliary_loss(x, agent._policy(x)[0], batch.valid[idx])
+    assert float(terms["losses/kickstart_kl"].detach()) > 0
+    assert terms["losses/kickstart_coef"] == pytest.approx(0.75 * 0.99998 ** agent.sgd_steps)
+
+
+def test_freeze_keeps_the_encoder_and_trains_the_rest(pretrained):
+    agent = finetuner(pretrained, "freeze")
+    before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    agent.iterate(diagnose=False)
+    after = agent.actor.state_dict()
+    for k in before:
+        changed = not torch.equal(before[k], after[k])
+        assert changed == k.startswith(("fc.", "head.")), k
+
+
+def test_ewc_penalty_is_zero_at_the_start_and_its_fisher_positive(pretrained):
+    agent = finetuner(pretrained, "ewc")
+    assert len(agent.data_obs) == 64 and agent.data_obs.shape[1:] == (7, 7, 7)
+    assert all(float(f.sum()) > 0 for f in agent.fisher)
+    loss, terms = agent.auxiliary_loss(torch.zeros(1), torch.zeros(1), torch.ones(1))
+    assert float(loss.detach()) == 0.0
+    agent.iterate(diagnose=False)
+    loss, terms = agent.auxiliary_loss(torch.zeros(1), torch.zeros(1), torch.ones(1))
+    value = float(loss.detach())
+    assert value == pytest.approx(agent.ft.ewc_lambda / 2 * float(terms["losses/ewc"].detach())) and value > 0
+
+
+def test_bc_is_the_cross_entropy_of_the_pretraining_actions(pretrained):
+    agent = finetuner(pretrained, "bc")
+    state = agent.gen.get_state()
+    loss, terms = agent.auxiliary_loss(torch.zeros(1), torch.zeros(1), torch.ones(1))
+    agent.gen.set_state(state)
+    idx = torch.randint(len(agent.data_obs), (agent.cfg.minibatch_size,), generator=agent.gen)
+    logits = agent.actor(agent.data_obs[idx])
+    expected = nn.functional.cross_entropy(logits, agent.data_actions[idx])
+    assert float(terms["losses/bc"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(0.5 * float(expected), rel=1e-5)
+
+
+def test_runner_pretrains_on_demand_reuses_it_and_logs_far_success(tmp_path, capsys):
+    common = [f"--results-dir={tmp_path}", "--pretrain-steps=128", "--total-steps=128", "--set",
+              "run.eval_interval=64", "--set", "run.eval_episodes=2", "--set", "finetune.data_steps=64", *TINY]
+    assert finetune.main(["--method=bc", "--run-name=bc", *common]) == 0
+    assert finetune.main(["--method=ewc", "--run-name=ewc", *common]) == 0
+    assert "(reused)" in capsys.readouterr().err
+    pre = tmp_path / "finetune" / "pretrain-NearFar-s1-128"
+    assert json.loads((pre / "summary.json").read_text())["status"] == "completed"
+    for name in ("bc", "ewc"):
+        run = tmp_path / "finetune" / name
+        evals = json.loads((run / "eval.json").read_text())["evaluations"]
+        assert [e["step"] for e in evals] == [64, 128]
+        far = evals[-1]["far"]
+        assert 0 <= far["success"] <= 1 and 0 <= far["success_pretrained"] <= 1 and far["kl_from_pretrained"] >= 0
+        header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert "eval/far/success" in header and f"losses/{name}" in header
+        assert any(h.startswith("plasticity/srank/") for h in header)
+
+
+def test_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
+    assert finetune.main(["--method=distill", f"--results-dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unknown method 'distill'; valid methods: ft, freeze, "
+                                               "kickstart, bc, ewc")
+    assert finetune.main(["--env=Montezuma", f"--results-dir={tmp_path}"]) == 2
+    assert "valid testbeds: NearFar" in capsys.readouterr().err
+    assert finetune.main([f"--pretrained={tmp_path / 'nowhere'}", f"--results-dir={tmp_path}", *TINY]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main("minigrid", ["--agent=ppo", f"--env={FAR_ID}", "--total-steps=64", f"--results-dir={other}",
+                             "--run-name=wide", "--set", "ppo.hidden=32", *TINY]) == 0
+    capsys.readouterr()
+    assert finetune.main([f"--pretrained={other / 'minigrid' / 'wide'}", f"--results-dir={tmp_path}", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has another network or observation space" in err[0]
+    assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").iterdir())
+
+
+def test_resume_of_a_finetuning_run_is_exact(pretrained, tmp_path):
+    args = [f"--pretrained={pretrained}", f"--results-dir={tmp_path}", "--method=kickstart", *TINY]
+    assert finetune.main([*args, "--total-steps=128", "--run-name=full"]) == 0
+    assert finetune.main([*args, "--total-steps=64", "--run-name=half"]) == 0
+    half = tmp_path / "finetune" / "half"
+    assert finetune.main(["--resume", str(half), "--total-steps=128"]) == 0
+    full = np.loadtxt(tmp_path / "finetune" / "full" / "metrics.csv", delimiter=",", skiprows=1, usecols=range(4))
+    resumed = np.loadtxt(half / "metrics.csv", delimiter=",", skiprows=1, usecols=range(4))
+    np.testing.assert_array_equal(full, resumed)
