@@ -112,7 +112,71 @@ def minigrid_cnn(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 64) -> 
     ]))
 
 
-NETWORKS = {"nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn, "minigrid_cnn": minigrid_cnn, "mlp": mlp}
+def _glyph_cnn(layers: int, embedding: int) -> nn.Sequential:
+    """NLE baseline's convolution stack: ``layers`` 3x3 convolutions (padding 1), 16 filters then 8, each with ELU."""
+    channels = [embedding] + [16] * (layers - 1) + [8]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1), nn.ELU()]
+    return nn.Sequential(*mods)
+
+
+class NetHackEncoder(nn.Module):
+    """The encoder of NLE's baseline (``NetHackNet`` in nle/agent/agent.py of github facebookresearch/nle, NLE
+    0.x; read, not copied), on the flat observations of :mod:`envs.nethack`: a 32-dim glyph embedding, a CNN over
+    the whole 21 x 79 map and one over the 9 x 9 crop centred on the agent (5 layers each: 16 filters, then 8;
+    ELU), an MLP over the 27 bottom-line statistics (27-32-32, ReLU), and, as in the retention paper's NetHack
+    models (finetuning-RL-as-CL ``chaotic_dwarf.py`` ``MessageEncoder``), an MLP over the message bytes / 255
+    (256-128-128, ELU). The NLE baseline has no message encoder. Out: the four concatenated."""
+
+    def __init__(self, embedding: int = 32, crop: int = 9, layers: int = 5):
+        super().__init__()
+        from nle import nethack
+
+        from envs.nethack import BLSTATS, MAP_SHAPE, MESSAGE
+        self.map_shape, self.crop, self.blstats, self.message = MAP_SHAPE, crop, BLSTATS, MESSAGE
+        self.embed = nn.Embedding(nethack.MAX_GLYPH, embedding)
+        self.map_cnn, self.crop_cnn = _glyph_cnn(layers, embedding), _glyph_cnn(layers, embedding)
+        self.blstats_mlp = nn.Sequential(nn.Linear(BLSTATS, embedding), nn.ReLU(), nn.Linear(embedding, embedding),
+                                         nn.ReLU())
+        self.message_mlp = nn.Sequential(nn.Linear(MESSAGE, 128), nn.ELU(), nn.Linear(128, 128), nn.ELU())
+        h, w = MAP_SHAPE
+        self.out_dim = embedding + 8 * h * w + 8 * crop * crop + 128
+
+    def crops(self, glyphs: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """(B, crop, crop) glyphs centred on each (x, y), 0 (no glyph) outside the map."""
+        r = self.crop // 2
+        padded = F.pad(glyphs, (r, r, r, r))
+        offsets = torch.arange(self.crop, device=glyphs.device)
+        rows = (y[:, None] + offsets)[:, :, None]
+        cols = (x[:, None] + offsets)[:, None, :]
+        return padded[torch.arange(len(glyphs), device=glyphs.device)[:, None, None], rows, cols]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        h, w = self.map_shape
+        glyphs = obs[:, :h * w].long().view(-1, h, w)
+        blstats = obs[:, h * w:h * w + self.blstats]
+        message = obs[:, h * w + self.blstats:]
+        x, y = blstats[:, 0].long().clamp(0, w - 1), blstats[:, 1].long().clamp(0, h - 1)
+        full = self.map_cnn(self.embed(glyphs).permute(0, 3, 1, 2)).flatten(1)
+        local = self.crop_cnn(self.embed(self.crops(glyphs, x, y)).permute(0, 3, 1, 2)).flatten(1)
+        return torch.cat([self.blstats_mlp(blstats), local, full, self.message_mlp(message / 255.0)], 1)
+
+
+def nethack_net(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 512) -> nn.Sequential:
+    """NLE's baseline network without its LSTM core: :class:`NetHackEncoder`, then Linear(512), ReLU,
+    Linear(hidden), ReLU (its ``fc``; h_dim 512)."""
+    encoder = NetHackEncoder()
+    return nn.Sequential(OrderedDict([
+        ("scale", Scale(1.0)), ("encoder", encoder),
+        ("fc1", nn.Linear(encoder.out_dim, 512)), ("act_fc1", nn.ReLU()),
+        ("fc", nn.Linear(512, hidden)), ("act_fc", nn.ReLU()),
+        ("head", nn.Linear(hidden, out_dim)),
+    ]))
+
+
+NETWORKS = {"nature_cnn": nature_cnn, "minatar_cnn": minatar_cnn, "minigrid_cnn": minigrid_cnn,
+            "nethack_net": nethack_net, "mlp": mlp}
 
 
 def build_network(kind: str, obs_shape: tuple[int, ...], out_dim: int, hidden: int,

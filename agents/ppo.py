@@ -61,8 +61,8 @@ from plasticity.policy import clip_fraction, kl_k1, kl_k3, trust_region_ratios
 @dataclass
 class PPOConfig:
     """PPO and PFO hyperparameters (defaults: PFO paper, Atari)."""
-    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, minigrid_cnn, mlp",
-                         choices=("nature_cnn", "minatar_cnn", "minigrid_cnn", "mlp"))
+    network: str = param("Network body: nature_cnn (Atari), minatar_cnn, minigrid_cnn, nethack_net, mlp",
+                         choices=("nature_cnn", "minatar_cnn", "minigrid_cnn", "nethack_net", "mlp"))
     hidden: int = param("Width of the last hidden layer (the features PFO regularises)", min=1)
     activation: str = param("Hidden activation of the mlp body", choices=("tanh", "relu"))
     init: str = param("Weight init: default (PyTorch's, as the PFO code) or orthogonal (CleanRL/SB3)",

@@ -101,13 +101,22 @@ class GymVecEnv(VecEnv):
 
     def __init__(self, make_env: Callable[..., gym.Env], num_envs: int, seed: int,
                  obs_transform: ObsTransform | None = None, normalize_obs: bool = False, obs_norm_steps: int = 2000,
-                 time_aware: bool = False, reward_clip: bool = False):
+                 time_aware: bool = False, reward_clip: bool = False, processes: bool = False):
         self._make = make_env
-        self.vec = gym.vector.SyncVectorEnv([make_env for _ in range(num_envs)],
+        self._processes = processes
+        self.vec: gym.vector.VectorEnv
+        if processes:  # one worker process per environment (gymnasium's AsyncVectorEnv): no state to save
+            self.vec = gym.vector.AsyncVectorEnv([make_env for _ in range(num_envs)],
+                                                 autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+            env = make_env()  # an in-process copy, for the spaces and the spec
+            env.close()
+            self.can_save_state = False
+        else:
+            sync = gym.vector.SyncVectorEnv([make_env for _ in range(num_envs)],
                                             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+            self.vec, env = sync, sync.envs[0]
         self.num_envs = num_envs
         self._seed = seed
-        env = self.vec.envs[0]
         self.env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         check_spaces(self.env_id, env.observation_space, env.action_space)
         if obs_transform is None and isinstance(env.observation_space, gym.spaces.Discrete):
@@ -132,9 +141,16 @@ class GymVecEnv(VecEnv):
         self._was_done = np.zeros(num_envs, bool)
         self._tracker = EpisodeTracker(num_envs)
         try:
-            pickle.dumps(self.vec.envs[0])
+            if not processes:
+                pickle.dumps(env)
         except Exception:  # noqa: BLE001 -- any failure to pickle means the same: no exact resume
             self.can_save_state = False
+
+    @property
+    def _sync(self) -> gym.vector.SyncVectorEnv:
+        """The in-process vector env: what reads or replaces the environments themselves needs one."""
+        assert isinstance(self.vec, gym.vector.SyncVectorEnv), "the environments live in worker processes"
+        return self.vec
 
     def _observe(self, raw: np.ndarray, steps: np.ndarray) -> np.ndarray:
         obs = raw
@@ -181,19 +197,22 @@ class GymVecEnv(VecEnv):
                        episodes)
 
     def get_state(self) -> dict[str, Any]:
-        return {"backend": "gym", "envs": pickle.dumps(self.vec.envs) if self.can_save_state else None,
-                "mujoco": [_mujoco_state(env) for env in self.vec.envs],
-                "autoreset": self.vec._autoreset_envs.copy(),  # gymnasium 1.2's next-step autoreset flags
+        if self._processes:  # the environments live in their worker processes: only what a fresh reset keeps
+            return {"backend": "gym", "envs": None, "mean": self.mean, "std": self.std,
+                    "tracker": self._tracker.state_dict()}
+        return {"backend": "gym", "envs": pickle.dumps(self._sync.envs) if self.can_save_state else None,
+                "mujoco": [_mujoco_state(env) for env in self._sync.envs],
+                "autoreset": self._sync._autoreset_envs.copy(),  # gymnasium 1.2's next-step autoreset flags
                 "steps": self._steps.copy(), "was_done": self._was_done.copy(), "mean": self.mean, "std": self.std,
                 "tracker": self._tracker.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for env in self.vec.envs:
+        for env in self._sync.envs:
             env.close()
-        self.vec.envs = pickle.loads(state["envs"])
-        for env, sim in zip(self.vec.envs, state["mujoco"]):
+        self._sync.envs = pickle.loads(state["envs"])
+        for env, sim in zip(self._sync.envs, state["mujoco"]):
             _restore_mujoco_state(env, sim)
-        self.vec._autoreset_envs[:] = state["autoreset"]
+        self._sync._autoreset_envs[:] = state["autoreset"]
         self._steps[:] = state["steps"]
         self._was_done[:] = state["was_done"]
         self.mean, self.std = state["mean"], state["std"]
@@ -212,19 +231,21 @@ class GymVecEnv(VecEnv):
                               "pip install -e '.[video]'") from None
 
     def enable_rendering(self) -> None:
-        """Rebuild the environments with ``render_mode="rgb_array"`` (``make_env`` takes it as a keyword)."""
+        """Rebuild the environments with ``render_mode="rgb_array"`` (``make_env`` takes it as a keyword), in this
+        process."""
         self.vec.close()
+        self._processes = False
         try:
             with self._renderer_installed():
                 self.vec = gym.vector.SyncVectorEnv([lambda: self._make(render_mode="rgb_array")] * self.num_envs,
                                                     autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         except TypeError:
             raise ConfigError(f"{self.env_id}'s factory takes no render_mode: it cannot render frames") from None
-        self.render_fps = float(self.vec.envs[0].metadata.get("render_fps") or 30)
+        self.render_fps = float(self._sync.envs[0].metadata.get("render_fps") or 30)
 
     def render(self) -> list[np.ndarray]:
         with self._renderer_installed():
-            return [np.asarray(env.render()) for env in self.vec.envs]
+            return [np.asarray(env.render()) for env in self._sync.envs]
 
     def close(self) -> None:
         self.vec.close()

@@ -235,6 +235,24 @@ def _make_minigrid(cfg, env_id: str, seed: int):
 register(Suite("minigrid", "MiniGrid and BabyAI (envpool where it has the id, else gymnasium's vector API)",
                "envs.minigrid:MiniGridConfig", _minigrid_ids, _make_minigrid, default_agent="ppo",
                id_kind="MiniGrid/BabyAI id", ids_name="registered ids", plain=_plain_minigrid, render_backend="gym"))
+def _nethack_ids() -> list[str]:
+    from envs.nethack import nethack_ids
+    return nethack_ids()
+
+
+def _make_nethack(cfg, env_id: str, seed: int):
+    from envs.nethack import make_nethack
+    return make_nethack(cfg, env_id, seed)
+
+
+def _plain_nethack(env_id: str, num_envs: int):
+    from envs.nethack import NetHackConfig
+    return NetHackConfig(id=env_id, num_envs=num_envs, max_episode_steps=0, reward_clip=False)
+
+
+register(Suite("nethack", "NetHack (NLE tasks, one worker process per game)", "envs.nethack:NetHackConfig",
+               _nethack_ids, _make_nethack, default_agent="ppo", id_kind="NLE task", ids_name="tasks",
+               plain=_plain_nethack))
 register(Suite("supervised", "non-stationary supervised task streams", "envs.supervised:TaskStreamConfig",
                _streams, _make_stream, default_agent="online", id_kind="task stream", ids_name="streams",
                ignore_case=False, rl=False))
