@@ -164,8 +164,8 @@ class NetHackEncoder(nn.Module):
 
 
 def nethack_net(obs_shape: tuple[int, ...], out_dim: int, hidden: int = 512) -> nn.Sequential:
-    """NLE's baseline network without its LSTM core: :class:`NetHackEncoder`, then Linear(512), ReLU,
-    Linear(hidden), ReLU (its ``fc``; h_dim 512)."""
+    """NLE's baseline network up to its LSTM core (``ppo_lstm`` adds the core, :mod:`agents.recurrent_ppo`):
+    :class:`NetHackEncoder`, then Linear(512), ReLU, Linear(hidden), ReLU (its ``fc``; h_dim 512)."""
     encoder = NetHackEncoder()
     return nn.Sequential(OrderedDict([
         ("scale", Scale(1.0)), ("encoder", encoder),

@@ -336,11 +336,16 @@ class PPO(Agent[PPOConfig]):
     # -- 2.-4. learn -------------------------------------------------------------------------
     def _prepare_batch(self) -> "PPOBatch":
         """Values, GAE advantages and returns for the rollout, flattened to (B, ...)."""
+        obs = self.obs.reshape(self.batch_size, *self.obs.shape[2:])
+        with torch.no_grad():
+            values = torch.cat([self._values_chunked(obs), self._values_chunked(self.next_obs)])
+        return self._batch_from_values(values.reshape(self.num_steps + 1, self.num_envs))
+
+    def _batch_from_values(self, values: Tensor) -> "PPOBatch":
+        """The flattened batch with GAE advantages and returns from the rollout's (T + 1, N) values."""
         cfg, B = self.cfg, self.batch_size
         obs = self.obs.reshape(B, *self.obs.shape[2:])
         with torch.no_grad():
-            values = torch.cat([self._values_chunked(obs), self._values_chunked(self.next_obs)])
-            values = values.reshape(self.num_steps + 1, self.num_envs)
             adv = gae(self.rewards, values, self.terminated, self.dones, cfg.gamma, cfg.gae_lambda,
                       cfg.bootstrap_truncated)
             returns = (adv + values[:-1]).reshape(B)
@@ -378,15 +383,20 @@ class PPO(Agent[PPOConfig]):
         plain PPO has none (:mod:`agents.finetune`'s retention losses use it)."""
         return None
 
+    def _minibatches(self) -> list[Tensor]:
+        """One epoch's minibatches: a fresh shuffle of the batch cut into ``minibatch_size`` indices (the
+        incomplete last one dropped)."""
+        B, M = self.batch_size, self.cfg.minibatch_size
+        perm = torch.randperm(B, generator=self.gen, device=self.device)
+        return [perm[start:start + M] for start in range(0, B - M + 1, M)]
+
     def update(self, diagnose: bool) -> dict[str, float]:
-        cfg, B, M = self.cfg, self.batch_size, self.cfg.minibatch_size
+        cfg = self.cfg
         batch = self._batch = self._prepare_batch()
         sums: dict[str, float] = {}
         steps = 0
         for _ in range(cfg.epochs):
-            perm = torch.randperm(B, generator=self.gen, device=self.device)
-            for start in range(0, B - M + 1, M):
-                idx = perm[start:start + M]
+            for idx in self._minibatches():
                 loss, stats, log_ratio, adv = self._minibatch_loss(batch, idx)
                 check_finite("PPO loss", loss)
                 self.interventions.observe_loss(float(loss.detach()))
@@ -426,10 +436,8 @@ class PPO(Agent[PPOConfig]):
     def trust_region_metrics(self, batch: "PPOBatch") -> dict[str, float]:
         """After the last epoch, on the whole batch: how far the policy moved (PFO's metrics)."""
         keep = batch.valid > 0
-        c = self.INFERENCE_CHUNK
-        outs = [self._policy(self._scaled(batch.obs[i:i + c])) for i in range(0, batch.obs.shape[0], c)]
-        params = torch.cat([o[0] for o in outs])[keep]
-        phi = torch.cat([o[1] for o in outs])[keep]
+        params, phi = self._batch_policy(batch)
+        params, phi = params[keep], phi[keep]
         log_ratio = self.dist.log_prob(params, batch.actions[keep]) - batch.logprobs[keep]
         ratio = log_ratio.exp()
         out = {f"trust_region/{k}": v for k, v in trust_region_ratios(ratio, self.cfg.clip_eps).items()}
@@ -439,6 +447,12 @@ class PPO(Agent[PPOConfig]):
         out["trust_region/kl_k3"] = kl_k3(log_ratio)
         out["trust_region/feature_mse"] = float((phi - batch.features[keep]).pow(2).mean())
         return out
+
+    def _batch_policy(self, batch: "PPOBatch") -> tuple[Tensor, Tensor]:
+        """(distribution parameters, phi) of the current policy on the whole batch, in inference chunks."""
+        c = self.INFERENCE_CHUNK
+        outs = [self._policy(self._scaled(batch.obs[i:i + c])) for i in range(0, batch.obs.shape[0], c)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list[Episode]]:
         lr = self.cfg.lr * (1.0 - self.iteration / self.num_iterations) if self.cfg.anneal_lr else self.cfg.lr

@@ -11,7 +11,9 @@ NLE games run in C behind a Python binding that cannot be pickled, so they are s
 (gymnasium's ``AsyncVectorEnv``) and a resumed run starts fresh games (the games in progress at the checkpoint are
 dropped, as with envpool). Rewards are NLE's: the in-game score's change for ``NetHackScore``; the task's own
 time limit applies (NLE's ``max_episode_steps``, 5,000 for ``NetHackScore-v0``) unless ``env.max_episode_steps``
-sets one.
+sets one. Rewards are learned from as they are (``env.reward_clip`` false): the NLE baseline clamps them to
+[-1, 1], and this suite's clip, sign(), would turn NetHackScore's -0.01 per-step penalty into -1 (measured: a PPO
+run with it learned to end games quickly and scored below a random policy).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from runners.cli import main
 from runners.rundir import config_files, make_agent, resolve
 
 TINY = {
-    "classic": [("env.num_envs", "2"), ("ppo.num_steps", "32"), ("ppo.minibatch_size", "16"), ("ppo.epochs", "1"),
+    "classic": [("env.num_envs", "2"), ("ppo.num_steps", "32"), ("ppo.minibatch_size", "32"), ("ppo.epochs", "1"),
                 ("dqn.learning_starts", "16"), ("dqn.iteration_steps", "32"), ("dqn.buffer_size", "256"),
                 ("dqn.batch_size", "8"), ("rainbow.learning_starts", "16"), ("rainbow.iteration_steps", "32"),
                 ("rainbow.buffer_size", "256"), ("rainbow.batch_size", "8"), ("rainbow.masp_period", "1")],

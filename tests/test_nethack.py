@@ -67,6 +67,13 @@ def test_short_run_resumes_with_fresh_games(tmp_path):
     assert "plasticity/dormant_frac/actor/fc" in header and "losses/policy" in header
 
 
+def test_the_nle_baseline_with_its_lstm_core_trains(tmp_path):
+    assert main("nethack", ["--agent=ppo_lstm", "--total-steps=32", "--run-name=lstm", "--results-dir", str(tmp_path),
+                            *TINY]) == 0
+    header = (tmp_path / "nethack" / "lstm" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "plasticity/update_norm/critic/core" in header and "plasticity/dormant_frac/actor/body.fc" in header
+
+
 def test_unknown_task_and_missing_nle_are_one_line(monkeypatch, capsys):
     assert main("nethack", ["--env", "NetHackScroe-v0", "--total-steps", "16"]) == 2
     err = capsys.readouterr().err.strip()

@@ -135,10 +135,12 @@ def forgetting(args) -> None:
     curves_png = save_figure(fig, f"forgetting_curves{suffix}.png")
 
     stats: dict[str, dict[str, tuple[float, float]]] = {}
+    per_seed_final: dict[str, list[float]] = {}
     rows = []
     for label in labels:
         tail = [binned_returns(run_dirs[(label, s)], edges) for s in seeds]
         final = [nan_mean(r[-max(1, round(len(r) * FINAL)):]) for r in tail]
+        per_seed_final[label] = final
         diag = []
         for column, _ in DIAGNOSTICS:
             diag.append(interval([logged(run_dirs[(label, s)], column)[1][-1] for s in seeds]))
@@ -179,7 +181,11 @@ def forgetting(args) -> None:
         "KL from the pre-trained policy at the end | "
         + " | ".join(f"{name} (end)" for _, name in DIAGNOSTICS) + " |",
         "|---|---|---|---|---|" + "---|" * len(DIAGNOSTICS), *rows, "",
-        f"The pre-trained policy's far success: {fmt(pre)}.", "",
+        f"The pre-trained policy's far success: {fmt(pre)}. Per seed ({', '.join(map(str, seeds))}), the lowest "
+        "far success and the whole-task return at the end: "
+        + "; ".join(f"{label} " + ", ".join(f"{lo:.2f}/{ret:.2f}" for lo, ret in zip(success[label].min(1),
+                                                                                  per_seed_final[label]))
+                    for label in labels) + ".", "",
         "## Verdicts (one rule: a claim holds where the 95% intervals separate)", "",
         f"- Plain fine-tuning forgets the far part before it gets there: fine-tuning "
         f"{forgets[interval_order(ft['min'], pre)]} ({ft['min'][0]:.2f} vs {pre[0]:.2f}).",
