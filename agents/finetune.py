@@ -22,6 +22,9 @@ plain fine-tuning forgets the far part before it gets there, and that retention 
   ``log pi(a|s)`` at the data's actions, squared and averaged). Their EWC code is not released: lambda is this
   suite's choice (configs/ppo_finetune.yaml).
 
+* ``scratch``: the reference, PPO from a fresh initialisation on the whole task (the pre-trained run only serves
+  the far-part comparisons: its policy's far success, the KL from it).
+
 The critic starts from the pre-trained one as well (their runs load the whole actor-critic). Not implemented: their
 critic-only warm-up (``--skip_train``, 25M of 500M steps in the README's run).
 
@@ -44,7 +47,7 @@ from torch.func import functional_call, grad, vmap
 from agents.ppo import PPO, masked_mean
 from configs import ConfigError, param
 
-METHODS = ("ft", "freeze", "kickstart", "bc", "ewc")
+METHODS = ("ft", "freeze", "kickstart", "bc", "ewc", "scratch")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 
@@ -110,8 +113,12 @@ class FinetunePPO(PPO):
     def setup(self, networks: dict[str, nn.Module]) -> None:
         self.ft: FinetuneConfig = self.sections["finetune"]
         super().setup(networks)
-        self._load_pretrained()
+        pretrained = self._pretrained_state()
         self.teacher = copy.deepcopy(self.actor).requires_grad_(False)
+        self.teacher.load_state_dict(pretrained["actor"])
+        if self.ft.method != "scratch":
+            self.actor.load_state_dict(pretrained["actor"])
+            self.critic.load_state_dict(pretrained["critic"])
         self.teacher_tail = cast(nn.Sequential, self.teacher[1:])
         self.sgd_steps = 0
         self.pretrained_far: float | None = None  # the pre-trained policy's far success (first evaluation)
@@ -130,7 +137,8 @@ class FinetunePPO(PPO):
             self.fisher = diagonal_fisher(self.actor, self.data_obs, self.data_actions,
                                           lambda out, a: self.dist.log_prob(self._params(out), a))
 
-    def _load_pretrained(self) -> None:
+    def _pretrained_state(self) -> dict[str, dict[str, Tensor]]:
+        """The pre-trained run's actor and critic weights, checked against this run's networks."""
         from runners.rundir import open_run
         if not self.ft.pretrained:
             raise ConfigError("finetune.pretrained names no run directory: give --pretrained RUN_DIR "
@@ -145,7 +153,7 @@ class FinetunePPO(PPO):
                 raise ConfigError(f"the pre-trained run {run.path} has another network or observation space "
                                   f"({run.meta.get('agent')} on {run.meta.get('env')}: its {name}'s '{wrong[0]}' "
                                   f"does not match this run's)")
-            net.load_state_dict(theirs)
+        return {"actor": state["actor"], "critic": state["critic"]}
 
     def _far_envs(self, num_envs: int, seed: int):
         from envs import make_vec_env, plain_config

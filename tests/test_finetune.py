@@ -121,6 +121,15 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_kickstart_kl_is_zero
     assert terms["losses/kickstart_coef"] == pytest.approx(0.75 * 0.99998 ** agent.sgd_steps)
 
 
+def test_the_scratch_reference_starts_fresh_and_compares_with_the_pretrained_policy(pretrained):
+    agent = finetuner(pretrained, "scratch")
+    saved = torch.load(pretrained / "checkpoints" / "latest.pt", weights_only=False)["agent"]["actor"]
+    assert not torch.equal(agent.actor.state_dict()["head.weight"], saved["head.weight"])
+    for k, v in agent.teacher.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    assert agent.auxiliary_loss(torch.zeros(1), torch.zeros(1), torch.ones(1)) is None
+
+
 def test_freeze_keeps_the_encoder_and_trains_the_rest(pretrained):
     agent = finetuner(pretrained, "freeze")
     before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
@@ -150,9 +159,9 @@ def test_bc_is_the_cross_entropy_of_the_pretraining_actions(pretrained):
     agent.gen.set_state(state)
     idx = torch.randint(len(agent.data_obs), (agent.cfg.minibatch_size,), generator=agent.gen)
     logits = agent.actor(agent.data_obs[idx])
-    expected = nn.functional.cross_entropy(logits, agent.data_actions[idx])
-    assert float(terms["losses/bc"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(loss) == pytest.approx(0.5 * float(expected), rel=1e-5)
+    expected = float(nn.functional.cross_entropy(logits, agent.data_actions[idx]).detach())
+    assert float(terms["losses/bc"].detach()) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(0.5 * expected, rel=1e-5)
 
 
 def test_runner_pretrains_on_demand_reuses_it_and_logs_far_success(tmp_path, capsys):
@@ -177,7 +186,7 @@ def test_runner_pretrains_on_demand_reuses_it_and_logs_far_success(tmp_path, cap
 def test_bad_input_is_one_line_and_exit_2(pretrained, tmp_path, capsys):
     assert finetune.main(["--method=distill", f"--results-dir={tmp_path}"]) == 2
     assert capsys.readouterr().err.strip() == ("error: unknown method 'distill'; valid methods: ft, freeze, "
-                                               "kickstart, bc, ewc")
+                                               "kickstart, bc, ewc, scratch")
     assert finetune.main(["--env=Montezuma", f"--results-dir={tmp_path}"]) == 2
     assert "valid testbeds: NearFar" in capsys.readouterr().err
     assert finetune.main([f"--pretrained={tmp_path / 'nowhere'}", f"--results-dir={tmp_path}", *TINY]) == 2

@@ -34,7 +34,7 @@ PRETRAIN, QUICK_PRETRAIN = "100000", "4096"
 FINETUNE, QUICK_FINETUNE = "250000", "8192"
 QUICK_SETS = ("--set", "run.eval_interval=2048", "--set", "run.eval_episodes=8", "--set", "finetune.data_steps=256")
 LABELS = {"ft": "fine-tuning (ft)", "freeze": "frozen encoder", "kickstart": "kickstarting",
-          "bc": "behavioural cloning", "ewc": "EWC"}
+          "bc": "behavioural cloning", "ewc": "EWC", "scratch": "from scratch (reference)"}
 FINAL = 0.1  # the full-task return at the end: the mean of the last 10% of logged episode returns
 #: (column, name on the page): the toolkit's diagnostics on the fine-tuned network at the end
 DIAGNOSTICS = (("plasticity/srank/actor/fc", "srank of the last hidden layer"),
@@ -153,15 +153,19 @@ def forgetting(args) -> None:
     ft = stats[LABELS["ft"]]
     first = run_dirs[(labels[0], seeds[0])]
 
-    def compare(label: str, key: str) -> str:
-        return f"{label} {BEATS[interval_order(stats[label][key], ft[key])]} fine-tuning " \
-               f"({stats[label][key][0]:.2f} vs {ft[key][0]:.2f})"
+    def relation(label: str, key: str, other: str) -> str:
+        a, b = stats[label][key], stats[other][key]
+        return f"{BEATS[interval_order(a, b)]} {other} ({a[0]:.2f} vs {b[0]:.2f})"
+
+    def compare(label: str, key: str, other: str = LABELS["ft"]) -> str:
+        return f"{label} {relation(label, key, other)}"
 
     forgets = {1: "does not forget (its lowest far success lies above the pre-trained policy's)",
                0: "shows no forgetting distinguishable from zero (its lowest far success overlaps the pre-trained "
                   "policy's)",
                -1: "forgets the far part (its lowest far success lies below the pre-trained policy's)"}
-    retention = [label for label in labels if label != LABELS["ft"]]
+    scratch = LABELS["scratch"]
+    retention = [label for label in labels if label not in (LABELS["ft"], scratch)]
     pre_steps = QUICK_PRETRAIN if quick else PRETRAIN
     lines = [
         "# Forgetting in fine-tuning and its mitigation (Wolczyk et al. 2024), here", "",
@@ -189,10 +193,14 @@ def forgetting(args) -> None:
         "## Verdicts (one rule: a claim holds where the 95% intervals separate)", "",
         f"- Plain fine-tuning forgets the far part before it gets there: fine-tuning "
         f"{forgets[interval_order(ft['min'], pre)]} ({ft['min'][0]:.2f} vs {pre[0]:.2f}).",
-        "- Retention methods prevent the forgetting (lowest far success, against fine-tuning's): "
+        f"- Retention methods prevent the forgetting (lowest far success, against {LABELS['ft']}'s): "
         + "; ".join(compare(label, "min") for label in retention) + ".",
-        "- ... and keep the transfer (whole-task return at the end, against fine-tuning's): "
-        + "; ".join(compare(label, "final") for label in retention) + ".",
+        f"- ... and loses the transfer (whole-task return at the end, against PPO from scratch): "
+        f"{compare(LABELS['ft'], 'final', scratch)}.",
+        "- Retention methods keep the transfer and finish ahead (whole-task return at the end, against fine-tuning "
+        "and against PPO from scratch): "
+        + "; ".join(f"{compare(label, 'final')} and {relation(label, 'final', scratch)}" for label in retention)
+        + ".",
         "", machine_line(run_dirs), "",
     ]
     print(write_page(f"forgetting{suffix}.md", lines))
