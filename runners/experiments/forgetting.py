@@ -155,7 +155,8 @@ def forgetting(args) -> None:
 
     def relation(label: str, key: str, other: str) -> str:
         a, b = stats[label][key], stats[other][key]
-        return f"{BEATS[interval_order(a, b)]} {other} ({a[0]:.2f} vs {b[0]:.2f})"
+        name = "PPO trained from scratch" if other == scratch else other
+        return f"{BEATS[interval_order(a, b)]} {name} ({a[0]:.2f} vs {b[0]:.2f})"
 
     def compare(label: str, key: str, other: str = LABELS["ft"]) -> str:
         return f"{label} {relation(label, key, other)}"
