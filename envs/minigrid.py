@@ -146,7 +146,6 @@ def make_minigrid(cfg: MiniGridConfig, env_id: str, seed: int) -> VecEnv:
     limit = cfg.max_episode_steps or None
 
     def make(**kwargs) -> gym.Env:
-        minigrid_ids()  # registers the ids in a worker process too
         return MiniGridObservation(gym.make(env_id, max_episode_steps=limit, **kwargs), env_id)
     return GymVecEnv(make, cfg.num_envs, seed, obs_transform=lambda o: np.asarray(o, np.float32),
                      reward_clip=cfg.reward_clip)

@@ -12,13 +12,13 @@ the far part), the pre-trained policy's own far success and the KL from it on fa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from agents.finetune import METHODS
 from envs.forgetting import TESTBEDS
 from runners.cli import main as run_suite
+from runners.rundir import run_progress
 
 #: PPO on the NearFar far part reaches a mean return of 0.97 by 80k steps (seed 1, 2 cores; the default budget's
 #: margin covers other seeds)
@@ -42,11 +42,11 @@ def pretrain(testbed: str, steps: int, seed: str, results_dir: str, passthrough:
     """The pre-trained run directory (trained, resumed or reused), or the exit code of a failed run."""
     far_id = TESTBEDS[testbed][1]
     run_dir = Path(results_dir) / "finetune" / f"pretrain-{testbed}-s{seed}-{steps}"
-    summary = run_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+    progress = run_progress(run_dir)
+    if progress == "completed":
         print(f"pre-trained policy: {run_dir} (reused)", file=sys.stderr)
         return run_dir
-    if (run_dir / "run.json").is_file():
+    if progress == "resume":
         code = run_suite("minigrid", ["--resume", str(run_dir), *passthrough])
     else:
         code = run_suite("minigrid", ["--agent=ppo", f"--env={far_id}", f"--total-steps={steps}", f"--seed={seed}",

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +78,20 @@ def new_run_dir(suite: str, agent: str, run: RunConfig, env_id: str) -> Path:
         n += 1
         path = root / f"{base}_{n}"
     return path
+
+
+def run_progress(run_dir: Path) -> str:
+    """What a run directory holds for a caller that starts or continues it under a fixed name: ``completed``,
+    ``resume`` (a checkpoint to continue from) or ``start`` (nothing, or a run that died before its first
+    checkpoint, which is removed: there is nothing in it to keep)."""
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        return "completed"
+    if (run_dir / "checkpoints" / "latest.pt").exists():
+        return "resume"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return "start"
 
 
 def check_run_format(meta: dict[str, Any], run_dir: Path) -> None:

@@ -210,3 +210,17 @@ def test_resume_of_a_finetuning_run_is_exact(pretrained, tmp_path):
     full = np.loadtxt(tmp_path / "finetune" / "full" / "metrics.csv", delimiter=",", skiprows=1, usecols=range(4))
     resumed = np.loadtxt(half / "metrics.csv", delimiter=",", skiprows=1, usecols=range(4))
     np.testing.assert_array_equal(full, resumed)
+
+
+def test_run_progress_names_completed_resumable_and_fresh_runs(tmp_path):
+    from runners.rundir import run_progress
+    run = tmp_path / "r"
+    assert run_progress(run) == "start"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    assert run_progress(run) == "start" and not run.exists()  # died before its first checkpoint: removed
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_bytes(b"")
+    assert run_progress(run) == "resume"
+    (run / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert run_progress(run) == "completed"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from configs import CONFIG_DIR, read_yaml
+from runners.rundir import run_progress
 from runners.stats import interval_order, t_half_width, t_interval
 from runners.storage import atomic_savefig, atomic_write_text, make_dir, read_metrics
 
@@ -76,14 +76,12 @@ def run_arms(arms: list[Arm], seeds: list[int], experiment: str, results_dir: Pa
 
     def launch(job):
         arm, seed, run_dir = job
-        summary = run_dir / "summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
+        progress = run_progress(run_dir)
+        if progress == "completed":
             return
-        if (run_dir / "checkpoints" / "latest.pt").exists():
+        if progress == "resume":
             cmd = [sys.executable, "-m", f"runners.{arm.suite}", "--resume", str(run_dir), "--no-progress"]
         else:
-            if run_dir.exists():  # died before its first checkpoint: nothing to keep
-                shutil.rmtree(run_dir)
             cmd = [sys.executable, "-m", f"runners.{arm.suite}", *arm.args, "--seed", str(seed), *extra,
                    "--results-dir", str(results_dir), "--experiment", experiment, "--no-progress",
                    "--run-name", run_dir.name]
@@ -152,6 +150,11 @@ def machine_line(run_dirs) -> str:
     m = summary_of(next(iter(run_dirs.values())))["machine"]
     return (f"Measured on: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, one run per core "
             f"({time.strftime('%Y-%m-%d')}).")
+
+
+def run_setting(run_dir: Path, section: str, name: str) -> int:
+    """An integer setting of a run (``section.name``), from its resolved config."""
+    return int(read_yaml(run_dir / "config.yaml")[0][section][name])
 
 
 def last_logged(run_dir: Path, column: str) -> float:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from agents.finetune import METHODS
-from configs import read_yaml
 from envs.forgetting import FAR_ID
 from runners.experiments.common import (
     BEATS,
@@ -24,6 +23,7 @@ from runners.experiments.common import (
     plot_bands,
     pyplot,
     run_arms,
+    run_setting,
     save_figure,
     write_page,
 )
@@ -95,11 +95,6 @@ def fmt(iv: tuple[float, float], digits: int = 2) -> str:
         return f"{iv[0]:.1e} ± {iv[1]:.1e}"
     return f"{iv[0]:.{digits}f} ± {iv[1]:.{digits}f}"
 
-
-def run_value(run_dir: Path, key: str):
-    """``section.field`` of a run's resolved config."""
-    section, _, field = key.partition(".")
-    return read_yaml(run_dir / "config.yaml")[0][section][field]
 
 
 def forgetting(args) -> None:
@@ -176,9 +171,9 @@ def forgetting(args) -> None:
         f"for {int(pre_steps):,} steps on the far part alone (`plasticity/NearFar-Far-v0`: episodes start past the "
         f"open door), then each method fine-tunes that same policy for {int(total):,} steps on the whole task "
         "(`python -m runners.finetune --method=...`; `agents/finetune.py` for the methods and their sources). "
-        f"Every {run_value(first, 'run.eval_interval'):,} steps the fine-tuned policy plays "
-        f"{run_value(first, 'run.eval_episodes')} far-start episodes with sampled actions; their success rate is the "
-        "far-part knowledge. "
+        f"Every {run_setting(first, 'run', 'eval_interval'):,} steps the fine-tuned policy plays "
+        f"{run_setting(first, 'run', 'eval_episodes')} far-start episodes with sampled actions; their success rate "
+        "is the far-part knowledge. "
         f"{len(seeds)} seeds; intervals are 95% Student-t intervals across seeds. The paper fine-tunes on NetHack "
         "for 500M steps; this is the same question at the size of 2 CPU cores.", "",
         f"![curves](figures/{curves_png.name})", "",

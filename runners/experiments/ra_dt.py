@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from agents import get_agent
-from configs import read_yaml
 from envs.gridworlds import best_return, split_tasks
 from envs.histories import default_settings, learning_histories
 from runners.experiments.common import (
@@ -22,6 +21,7 @@ from runners.experiments.common import (
     plot_bands,
     pyplot,
     run_arms,
+    run_setting,
     save_figure,
     write_page,
 )
@@ -72,11 +72,6 @@ def arms(quick: bool) -> list[Arm]:
                    "env.eval_train_tasks=2", "--set", f"{family(agent)}.context=10") if quick else ()))
         out.append(Arm(label, "incontext", args))
     return out
-
-
-def run_setting(run_dir: Path, section: str, name: str) -> int:
-    """A run's model setting (``context``: timesteps; ``episodes_apart``: AD's), from its resolved config."""
-    return int(read_yaml(run_dir / "config.yaml")[0][section][name])
 
 
 def last_evaluation(run_dir: Path) -> dict:
