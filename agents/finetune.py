@@ -207,18 +207,23 @@ class FinetunePPO(PPO):
     # -- forgetting, measured ------------------------------------------------------------------
     @torch.no_grad()
     def far_success(self, net: nn.Module, episodes: int, seed: int) -> tuple[float, float]:
-        """(success rate, mean return) of ``net``'s sampled actions over ``episodes`` far-start episodes."""
+        """(success rate, mean return) of ``net``'s sampled actions over ``episodes`` far-start episodes, each
+        environment playing its share in order (``runners.evaluate.rollout``), so that quick episodes are not
+        over-counted."""
+        from types import SimpleNamespace
+
+        from runners.evaluate import rollout
+
+        def actions(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+            params = self._params(net(torch.from_numpy(obs).to(self.device))).cpu()
+            return self.dist.sample(params, generator).numpy()
+
         envs = self._far_envs(min(self.ft.data_envs, episodes), seed)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        obs = envs.reset()
-        returns: list[float] = []
-        while len(returns) < episodes:
-            params = self._params(net(torch.from_numpy(obs).to(self.device)))
-            step = envs.step(self.dist.sample(params, gen).cpu().numpy())
-            obs = step.obs
-            returns += [e.ret for e in step.episodes]
-        envs.close()
-        ret = np.array(returns[:episodes])
+        try:
+            played = rollout(SimpleNamespace(envs=envs, policy_actions=actions), episodes, False, seed)
+        finally:
+            envs.close()
+        ret = np.array([e["return"] for e in played])
         return float((ret > 0).mean()), float(ret.mean())
 
     def evaluate(self, episodes: int):

@@ -164,6 +164,35 @@ def test_bc_is_the_cross_entropy_of_the_pretraining_actions(pretrained):
     assert float(loss.detach()) == pytest.approx(0.5 * expected, rel=1e-5)
 
 
+class _QuickWinsSlowLosses:
+    """Two far-start environments: env 0 succeeds every step, env 1 fails once every 10 steps."""
+    num_envs = 2
+
+    def __init__(self, obs_shape: tuple[int, ...]):
+        self.t, self.obs_shape = 0, obs_shape
+
+    def reset(self):
+        return np.zeros((2, *self.obs_shape), np.uint8)
+
+    def step(self, actions):
+        from envs.base import Episode, VecStep
+        self.t += 1
+        episodes = [Episode(1.0, 1, 0)] + ([Episode(0.0, 10, 1)] if self.t % 10 == 0 else [])
+        done = np.array([True, self.t % 10 == 0])
+        return VecStep(self.reset(), np.zeros(2, np.float32), done, np.zeros(2, bool), episodes)
+
+    def close(self):
+        pass
+
+
+def test_far_success_counts_each_environment_s_share_not_the_quickest_episodes(pretrained, monkeypatch):
+    agent = finetuner(pretrained, "ft")
+    shape = tuple(agent.data_obs.shape[1:])
+    monkeypatch.setattr(agent, "_far_envs", lambda n, seed: _QuickWinsSlowLosses(shape))
+    success, ret = agent.far_success(agent.actor, episodes=8, seed=0)
+    assert success == 0.5 and ret == 0.5  # first-finished counting would give 7/8
+
+
 def test_runner_pretrains_on_demand_reuses_it_and_logs_far_success(tmp_path, capsys):
     common = [f"--results-dir={tmp_path}", "--pretrain-steps=128", "--total-steps=128", "--set",
               "run.eval_interval=64", "--set", "run.eval_episodes=2", "--set", "finetune.data_steps=64", *TINY]
