@@ -88,6 +88,12 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
     AgentSpec("ra_dt_lm", "agents.ra_dt:RADT", "ra_dt",
               "RA-DT with domain-agnostic keys (FrozenHopfield + frozen MiniLM)", variant="ra_dt_lm",
               suites=("incontext",)),
+    AgentSpec("lram", "agents.action_model:LRAM", "lram",
+              "LRAM (Schmied et al. 2025): xLSTM action model, constant-time recurrent inference", suites=("offline",)),
+    AgentSpec("dt_kv", "agents.action_model:DecisionTransformerKV", "dt_kv",
+              "Transformer action model with a KV cache (LRAM's DT baseline), same tokens", suites=("offline",)),
+    AgentSpec("mamba", "agents.action_model:MambaActionModel", "mamba",
+              "Mamba action model (mambapy; LRAM's Mamba baseline), same tokens", suites=("offline",)),
 ]}
 
 

@@ -24,7 +24,6 @@ rollouts, at the price of contexts between ``context / 2`` and ``context`` steps
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,14 +32,22 @@ import torch
 from torch import Tensor, nn
 
 from agents.base import check_finite
-from agents.offline import InContextAgent, SequenceData, Session, cell_index, sample_actions, to_tensors
+from agents.offline import (
+    InContextAgent,
+    OptimiserConfig,
+    SequenceData,
+    Session,
+    cell_index,
+    sample_actions,
+    to_tensors,
+)
 from agents.transformer import DecisionTransformer, loss
 from configs import param
 from envs.gridworlds import N_ACTIONS
 
 
 @dataclass
-class SequenceModelConfig:
+class SequenceModelConfig(OptimiserConfig):
     """The transformer, its optimiser and its in-context rollouts."""
     n_layer: int = param("Transformer blocks", min=1)
     d_model: int = param("Width of the token embeddings and the residual stream", min=8)
@@ -49,13 +56,6 @@ class SequenceModelConfig:
     dropout: float = param("Dropout on the token embeddings and the residual branches", min=0.0, max=1.0)
     attn_dropout: float = param("Dropout on the attention probabilities (on CPU its random mask costs more than "
                                 "the attention itself at long contexts)", min=0.0, max=1.0)
-    batch_size: int = param("Windows per gradient update", min=1)
-    lr: float = param("AdamW peak learning rate", min=0.0, min_exclusive=True)
-    weight_decay: float = param("AdamW weight decay", min=0.0)
-    warmup_updates: int = param("Linear learning-rate warm-up, in updates", min=0)
-    lr_final: float = param("Learning rate at the end of the cosine decay", min=0.0)
-    grad_clip: float = param("Clip the gradient's global norm to this (0: no clipping)", min=0.0)
-    updates_per_iteration: int = param("Gradient updates per logged iteration", min=1)
     target_return: float = param("DT: return-to-go the rollouts are conditioned on (0: the best episode return "
                                  "in the training data)", min=0.0)
     keep_steps: int = param("Rollouts: steps a full context keeps, recomputed (0: context / 2, so the context "
@@ -63,14 +63,6 @@ class SequenceModelConfig:
                             "but recomputes every step)", min=0)
     top_p: float = param("Rollouts: nucleus sampling mass (1: sample the full softmax)", min=0.0, max=1.0,
                          min_exclusive=True)
-
-
-def warmup_cosine(update: int, warmup: int, total: int, peak: float, final: float) -> float:
-    """Learning rate of ``update``: linear warm-up to ``peak``, then cosine decay to ``final`` at ``total``."""
-    if update < warmup:
-        return peak * (update + 1) / warmup
-    progress = min(1.0, (update - warmup) / max(1, total - warmup))
-    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
 class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
@@ -125,13 +117,6 @@ class DecisionTransformerAgent(InContextAgent[SequenceModelConfig]):
         batch = to_tensors(self.sample_windows(), self.envs.spec.size, self.device)
         batch["rtg"] = batch["rtg"] / self.rtg_scale
         return batch
-
-    def set_lr(self) -> float:
-        cfg = self.cfg
-        lr = warmup_cosine(self.env_steps, cfg.warmup_updates, self.total_steps, cfg.lr, cfg.lr_final)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        return lr
 
     def action_logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self.policy(**batch)

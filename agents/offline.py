@@ -14,6 +14,7 @@ evaluation loop over the grid worlds' tasks (:meth:`InContextAgent.evaluate`), w
 """
 from __future__ import annotations
 
+import math
 import sys
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -40,6 +41,26 @@ class DatasetConfig:
     seed: int = param("Seed of the learning histories (part of a dataset's identity)", min=0)
     train_tasks: int = param("Train tasks whose histories are used (the first n of the split; 0: all)", min=0)
     build_missing: bool = param("Build missing datasets before training (else: an error naming the command)")
+
+
+@dataclass
+class OptimiserConfig:
+    """What the offline agents' training shares: batches, AdamW with warm-up and cosine decay, clipping."""
+    batch_size: int = param("Windows per gradient update", min=1)
+    lr: float = param("AdamW peak learning rate", min=0.0, min_exclusive=True)
+    weight_decay: float = param("AdamW weight decay", min=0.0)
+    warmup_updates: int = param("Linear learning-rate warm-up, in updates", min=0)
+    lr_final: float = param("Learning rate at the end of the cosine decay", min=0.0)
+    grad_clip: float = param("Clip the gradient's global norm to this (0: no clipping)", min=0.0)
+    updates_per_iteration: int = param("Gradient updates per logged iteration", min=1)
+
+
+def warmup_cosine(update: int, warmup: int, total: int, peak: float, final: float) -> float:
+    """Learning rate of ``update``: linear warm-up to ``peak``, then cosine decay to ``final`` at ``total``."""
+    if update < warmup:
+        return peak * (update + 1) / warmup
+    progress = min(1.0, (update - warmup) / max(1, total - warmup))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,6 +224,17 @@ class OfflineAgent(Agent[ConfigT]):
     @abstractmethod
     def update(self) -> dict[str, float]:
         """One gradient update on a freshly sampled batch (kept in ``last_batch``); its scalar metrics."""
+
+    def set_lr(self) -> float:
+        """Set this update's learning rate (:func:`warmup_cosine` of an :class:`OptimiserConfig`) on every
+        optimiser; returns it."""
+        cfg = self.cfg
+        assert isinstance(cfg, OptimiserConfig), "offline agents' configs are OptimiserConfigs"
+        lr = warmup_cosine(self.env_steps, cfg.warmup_updates, self.total_steps, cfg.lr, cfg.lr_final)
+        for opt in self.optimizers():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
 
     def iterate(self, diagnose: bool) -> tuple[dict[str, float], list]:
         sums: dict[str, float] = {}

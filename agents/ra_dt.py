@@ -62,8 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.base import check_finite
-from agents.dt import DecisionTransformerAgent, SequenceModelConfig, TransformerSession, warmup_cosine
-from agents.offline import Session, cell_index, returns_to_go
+from agents.dt import DecisionTransformerAgent, SequenceModelConfig, TransformerSession
+from agents.offline import Session, cell_index, returns_to_go, warmup_cosine
 from agents.retrieval import (
     Chunks,
     FrozenLMEmbedder,

@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ from envs.histories import GENERATOR, GENERATOR_VERSION, TaskHistory, default_se
 
 FORMAT = 1  # this module's layout (manifest fields, folder names)
 MANIFEST = "history.json"
+DEMONSTRATIONS_MANIFEST = "trajectories.json"  # envs.trajectories' manifest (listed here too)
 ROOT_ENV = "PLASTICITY_DATASETS"
 DEFAULT_ROOT = Path("results/datasets")
 SPLITS = ("train", "heldout", "all")
@@ -82,16 +83,16 @@ def checksum(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """A dataset folder's manifest, or ConfigError when it is absent or unreadable."""
+def read_manifest(path: Path, name: str = MANIFEST) -> dict[str, Any]:
+    """A dataset folder's manifest (``name``), or ConfigError when it is absent or unreadable."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads((path / name).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path} is not a complete dataset (no {MANIFEST}); delete it and rebuild") from None
+        raise ConfigError(f"{path} is not a complete dataset (no {name}); delete it and rebuild") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path / MANIFEST} is corrupt ({type(exc).__name__}); delete {path} and rebuild") from None
+        raise ConfigError(f"{path / name} is corrupt ({type(exc).__name__}); delete {path} and rebuild") from None
     if not isinstance(manifest, dict):
-        raise ConfigError(f"{path / MANIFEST} is corrupt (not a mapping); delete {path} and rebuild")
+        raise ConfigError(f"{path / name} is corrupt (not a mapping); delete {path} and rebuild")
     return manifest
 
 
@@ -148,22 +149,35 @@ def _fsync_tree(folder: Path) -> None:
             os.close(fd)
 
 
-def _minari_write(folder: Path, history: TaskHistory) -> Path:
-    """Write ``history`` as a Minari dataset inside ``folder``; returns the dataset's own folder."""
-    import gymnasium as gym
+def minari_write(folder: Path, dataset_id: str, episodes: list[dict[str, np.ndarray]], description: str,
+                 algorithm: str, code: str, **spaces: Any) -> Path:
+    """Write ``episodes`` (observations (T+1, ...), actions, rewards, terminations, truncations) as the Minari
+    dataset ``dataset_id`` inside ``folder``; ``spaces``: ``env=`` or ``observation_space=``/``action_space=``.
+    Returns the dataset's own folder."""
     minari = _import_minari()
     from minari.data_collector import EpisodeBuffer
 
-    env = gym.make(gym_id(history.env_id), task=np.asarray(history.task).tolist())
-    buffers = [EpisodeBuffer(id=i, infos={}, **ep) for i, ep in enumerate(history.episodes())]
-    dataset_id = f"{history.env_id.lower()}-{task_name(history.env_id, history.task)}-v{GENERATOR_VERSION}"
+    buffers = [EpisodeBuffer(id=i, infos={}, **ep) for i, ep in enumerate(episodes)]
     with _minari_root(folder), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Minari's reminders about e-mail addresses and eval envs
-        minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env, algorithm_name=f"{GENERATOR} v{GENERATOR_VERSION}",
-            author="plasticity-suite", code_permalink="envs/histories.py",
-            description=f"learning history of {GENERATOR} on {history.env_id} task {history.task.tolist()}")
+        minari.create_dataset_from_buffers(dataset_id, buffers, algorithm_name=algorithm, author="plasticity-suite",
+                                           code_permalink=code, description=description, **spaces)
     return folder / dataset_id
+
+
+def minari_episodes(data: Path) -> list[Any]:
+    """The episodes of the Minari dataset in ``data`` (each with observations, actions, rewards, ...)."""
+    return list(_import_minari().MinariDataset(data).iterate_episodes())
+
+
+def _minari_write(folder: Path, history: TaskHistory) -> Path:
+    import gymnasium as gym
+
+    env = gym.make(gym_id(history.env_id), task=np.asarray(history.task).tolist())
+    name = task_name(history.env_id, history.task)
+    return minari_write(folder, f"{history.env_id.lower()}-{name}-v{GENERATOR_VERSION}", history.episodes(),
+                        f"learning history of {GENERATOR} on {history.env_id} task {history.task.tolist()}",
+                        f"{GENERATOR} v{GENERATOR_VERSION}", "envs/histories.py", env=env)
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -171,41 +185,49 @@ def _publish(tmp: Path, target: Path) -> None:
     os.rename(tmp, target)
 
 
-def write_history(root: Path, history: TaskHistory) -> Path:
-    """Store one task's history as ``<root>/<env id>/<task name>``, atomically; never overwrites.
-
-    Raises ConfigError if that dataset already exists, WriteError if the disk refuses.
-    """
+def publish_dataset(target: Path, write: Callable[[Path], Path], manifest: dict[str, Any],
+                    name: str = MANIFEST) -> Path:
+    """Write a dataset into ``target`` atomically: ``write(tmp)`` stores the Minari dataset inside a temporary
+    folder beside ``target`` and returns its folder, the manifest (with the checksum of its ``data/``) is added
+    last, and the folder is renamed into place. Never overwrites; WriteError if the disk refuses."""
     from runners.storage import WriteError, atomic_write_json, make_dir
 
-    spec = get_spec(history.env_id)
-    task = check_task(spec, history.task)
-    root = Path(root).absolute()  # Minari resolves a relative MINARI_DATASETS_PATH against its own default
-    target = dataset_dir(root, spec.env_id, task)
     if target.exists():
         raise ConfigError(f"{target} already exists; nothing was overwritten")
     make_dir(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
-        folder = _minari_write(tmp, history)
-        manifest = {
-            "format": FORMAT, "env_id": spec.env_id, "task": task.tolist(), "task_name": target.name,
-            "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
-            "seed": history.meta.get("seed"), "settings": history.meta.get("settings"),
-            "episodes": history.num_episodes, "steps": int(len(history.actions)),
-            "best_return": best_return(spec.env_id, task),
-            "minari_version": _minari_version(), "checksum": checksum(folder / "data"),
-        }
-        atomic_write_json(folder / MANIFEST, manifest)
+        folder = write(tmp)
+        atomic_write_json(folder / name, {**manifest, "minari_version": _minari_version(),
+                                              "checksum": checksum(folder / "data")})
         _fsync_tree(folder)
         _publish(folder, target)
     except OSError as exc:
-        if target.exists() and (target / MANIFEST).exists():  # another process finished it first
+        if target.exists() and (target / name).exists():  # another process finished it first
             return target
         raise WriteError(target, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_history(root: Path, history: TaskHistory) -> Path:
+    """Store one task's history as ``<root>/<env id>/<task name>``, atomically; never overwrites.
+
+    Raises ConfigError if that dataset already exists, WriteError if the disk refuses.
+    """
+    spec = get_spec(history.env_id)
+    task = check_task(spec, history.task)
+    root = Path(root).absolute()  # Minari resolves a relative MINARI_DATASETS_PATH against its own default
+    target = dataset_dir(root, spec.env_id, task)
+    manifest = {
+        "format": FORMAT, "env_id": spec.env_id, "task": task.tolist(), "task_name": target.name,
+        "generator": GENERATOR, "generator_version": GENERATOR_VERSION,
+        "seed": history.meta.get("seed"), "settings": history.meta.get("settings"),
+        "episodes": history.num_episodes, "steps": int(len(history.actions)),
+        "best_return": best_return(spec.env_id, task),
+    }
+    return publish_dataset(target, lambda tmp: _minari_write(tmp, history), manifest)
 
 
 def _minari_version() -> str:
@@ -257,7 +279,7 @@ def read_history(root: Path, env_id: str, task: Any, seed: int | None = None, sp
 
 
 def _minari_read(data: Path, env_id: str, task: np.ndarray) -> TaskHistory:
-    episodes = list(_import_minari().MinariDataset(data).iterate_episodes())
+    episodes = minari_episodes(data)
     lengths = [len(ep.actions) for ep in episodes]
     return TaskHistory(
         env_id, task,
@@ -338,15 +360,17 @@ def list_datasets(root: Path) -> list[DatasetInfo]:
     root = Path(root)
     for env_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for path in sorted(p for p in env_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            demonstrations = (path / DEMONSTRATIONS_MANIFEST).exists()  # envs.trajectories' datasets
             try:
-                manifest = read_manifest(path)
+                manifest = read_manifest(path, DEMONSTRATIONS_MANIFEST if demonstrations else MANIFEST)
             except ConfigError as exc:
                 out.append(DatasetInfo(path, env_dir.name, path.name, None, None, None, folder_bytes(path), "",
                                        str(exc)))
                 continue
             status = "ok"
             try:
-                check_manifest(path, manifest, env_dir.name, None, None)
+                if not demonstrations:
+                    check_manifest(path, manifest, env_dir.name, None, None)
                 if checksum(path / "data") != manifest.get("checksum"):
                     status = "corrupt (checksum mismatch)"
             except ConfigError as exc:

@@ -272,3 +272,25 @@ def _make_incontext(cfg, env_id: str, seed: int):
 register(Suite("incontext", "offline sequence models on grid-world learning histories, evaluated in context",
                "envs.incontext:InContextConfig", _grid_ids, _make_incontext, default_agent="ra_dt",
                id_kind="grid world", ids_name="environments", rl=False, budget="updates"))
+
+
+def _dataset_ids() -> list[str]:
+    from envs.action_tasks import dataset_ids
+    return dataset_ids()
+
+
+def _canonical_datasets(value: str) -> str:
+    from envs.action_tasks import canonical_datasets
+    return canonical_datasets(value)
+
+
+def _make_offline(cfg, env_id: str, seed: int):
+    from envs.action_tasks import ActionTasks
+    cfg.id = env_id
+    return ActionTasks(cfg, seed)
+
+
+register(Suite("offline", "multi-domain action models trained offline on demonstrations (Meta-World, Dark-Room)",
+               "envs.action_tasks:ActionTasksConfig", _dataset_ids, _make_offline, default_agent="lram",
+               id_kind="dataset combination", ids_name="combinations", alias=_canonical_datasets, rl=False,
+               budget="updates"))

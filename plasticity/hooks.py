@@ -46,7 +46,26 @@ def as_units(x: Tensor) -> Tensor:
     (N, D) and (N, C, H, W) as they are."""
     return x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x
 
+class Features(nn.Identity):
+    """A marker whose input the monitor reads as a layer's features (ranks, dormant units, norms) where no
+    activation module produces them, e.g. the output of each block of a sequence backbone
+    (:func:`mark_outputs`). Units of such features can be negative, so they are never counted dead."""
+
+
+def mark_outputs(blocks: nn.ModuleList, markers: nn.ModuleList) -> None:
+    """Pass each block's output (the first element when it returns a tuple) through its :class:`Features`
+    marker, so that the monitor captures it under the marker's name."""
+    def hook(marker: nn.Module) -> Callable[..., None]:
+        def show(_module: nn.Module, _inputs: Any, out: Any) -> None:  # returns None: the output is unchanged
+            marker(out[0] if isinstance(out, tuple) else out)
+        return show
+
+    for block, marker in zip(blocks, markers):
+        block.register_forward_hook(hook(marker))
+
+
 ACTIVATION_KINDS: dict[type, str] = {
+    Features: "features",
     nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.ELU: "elu",
     nn.SiLU: "silu", nn.Mish: "mish", nn.Softplus: "softplus", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
 }

@@ -274,10 +274,11 @@ class PlasticityMonitor:
             dead_units, total_units = 0, 0
             for layer, (kind, pre, post) in cap.records.items():
                 key = f"{net_name}/{layer}"
-                dead = M.dead_mask(post, kind, cfg.tanh_dead_std)
-                dead_units += int(dead.sum())
-                total_units += dead.numel()
-                out[f"{namespace}/dead_frac/{key}"] = float(dead.float().mean())
+                if kind != "features":  # a block's output (hooks.Features): signed features, no dead units
+                    dead = M.dead_mask(post, kind, cfg.tanh_dead_std)
+                    dead_units += int(dead.sum())
+                    total_units += dead.numel()
+                    out[f"{namespace}/dead_frac/{key}"] = float(dead.float().mean())
                 out[f"{namespace}/dormant_frac/{key}"] = M.dormant_fraction(post, cfg.dormant_tau)
                 if kind in ("relu", "leaky_relu"):
                     out[f"{namespace}/zombie_frac/{key}"] = M.zombie_fraction(pre)

@@ -2,6 +2,8 @@
 
     python -m runners.datasets DarkRoom-10x10 --tasks train       # build what is missing (progress bar)
     python -m runners.datasets DarkKeyDoor-10x10 --tasks all --seed 1 --root /data/histories
+    python -m runners.datasets metaworld --tasks reach-v3,push-v3   # Meta-World scripted demonstrations
+    python -m runners.datasets metaworld --tasks cw10 --episodes 50
     python -m runners.datasets --list                              # what exists, sizes, episodes, checksums
 
 The root is ``--root``, else ``$PLASTICITY_DATASETS``, else ``results/datasets``. Existing
@@ -43,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m runners.datasets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("env_id", nargs="?", help=f"one of {', '.join(ENV_IDS)}")
-    parser.add_argument("--tasks", default="train", help=f"which tasks: {', '.join(SPLITS)} (default train)")
+    parser.add_argument("env_id", nargs="?", help=f"one of {', '.join(ENV_IDS)}, or metaworld")
+    parser.add_argument("--tasks", default=None, help=f"grid worlds: {', '.join(SPLITS)} (default train); "
+                        "metaworld: comma-separated task names, or cw10 (default)")
+    parser.add_argument("--episodes", type=int, default=None, help="metaworld: episodes per task (default 100)")
+    parser.add_argument("--noise", type=float, default=None, help="metaworld: action noise std (default 0.1)")
+    parser.add_argument("--epsilon", type=float, default=None, help="metaworld: share of random episodes (0.1)")
     parser.add_argument("--root", type=Path, default=None, help="datasets folder (default $PLASTICITY_DATASETS "
                         "or results/datasets)")
     parser.add_argument("--seed", type=int, default=0, help="the learners' seed (default 0)")
@@ -57,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             print(_format_list(root))
             return 0
         if args.env_id is None:
-            raise ConfigError(f"name an environment ({', '.join(ENV_IDS)}) or pass --list")
+            raise ConfigError(f"name an environment ({', '.join(ENV_IDS)}, metaworld) or pass --list")
+        if args.env_id == "metaworld":
+            return _metaworld(args, root)
         from envs.gridworlds import get_spec
+        args.tasks = args.tasks or "train"
         from envs.offline_data import ensure_datasets
         spec = get_spec(args.env_id)
         if args.tasks not in SPLITS:
@@ -70,6 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     took = time.perf_counter() - start
     print(f"{spec.env_id} {args.tasks}: built {len(built)} datasets in {took:.1f} s under {root / spec.env_id}"
+          + ("" if built else " (all were already there)"), file=sys.stderr)
+    return 0
+
+
+def _metaworld(args: argparse.Namespace, root: Path) -> int:
+    from envs import trajectories
+    from envs.metaworld import CW10
+    defaults = trajectories.MetaWorldSettings()
+    settings = trajectories.MetaWorldSettings(
+        defaults.episodes if args.episodes is None else args.episodes,
+        defaults.noise if args.noise is None else args.noise,
+        defaults.epsilon if args.epsilon is None else args.epsilon)
+    if settings.episodes < 1 or settings.noise < 0 or not 0 <= settings.epsilon <= 1:
+        raise ConfigError(f"invalid settings {settings}: episodes >= 1, noise >= 0, 0 <= epsilon <= 1")
+    wanted = args.tasks or "cw10"
+    tasks = list(CW10) if wanted.lower() == "cw10" else [t.strip() for t in wanted.split(",") if t.strip()]
+    start = time.perf_counter()
+    built = trajectories.ensure(root, "metaworld", tasks, args.seed, settings, progress=not args.no_progress)
+    print(f"metaworld: built {len(built)} datasets in {time.perf_counter() - start:.1f} s under {root / 'metaworld'}"
           + ("" if built else " (all were already there)"), file=sys.stderr)
     return 0
 

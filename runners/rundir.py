@@ -72,7 +72,7 @@ def new_run_dir(suite: str, agent: str, run: RunConfig, env_id: str) -> Path:
             raise ConfigError(f"run directory {path} already exists; pick another --run-name or "
                               f"continue it with --resume {path}")
         return path
-    base = f"{env_id.replace('/', '-')}__{agent}__s{run.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = f"{env_id.replace('/', '-').replace(',', '+')}__{agent}__s{run.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = root / base, 1
     while path.exists():
         n += 1

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from agents.base import Agent
-from agents.dt import warmup_cosine
-from agents.offline import SequenceData, returns_to_go, sample_actions
+from agents.offline import SequenceData, returns_to_go, sample_actions, warmup_cosine
 from envs.histories import TaskHistory
 from runners.cli import main
 from tests.test_runner import (
