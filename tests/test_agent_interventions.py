@@ -33,10 +33,15 @@ TINY = {
                   *[(f"{family}.{k}", v) for family in ("dt", "ad", "ra_dt")
                     for k, v in (("n_layer", "1"), ("d_model", "16"), ("n_head", "2"), ("context", "5"),
                                  ("batch_size", "4"), ("updates_per_iteration", "2"))]],
+    "offline": [("env.id", "darkroom"), ("env.darkroom_tasks", "2"),
+                *[(f"{family}.{k}", v) for family in ("lram", "dt_kv", "mamba")
+                  for k, v in (("d_model", "16"), ("context", "4"), ("batch_size", "2"),
+                               ("updates_per_iteration", "2"))]],
 }
 PERIODS = [("interventions.redo_period", "1"), ("interventions.sp_period", "1"), ("interventions.reset_period", "1"),
            ("interventions.rewarm_period", "2"), ("interventions.rewarm_warmup", "1")]
-PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised", "incontext") for agent in agents_for(suite)
+PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised", "incontext", "offline")
+         for agent in agents_for(suite)
          for iv in REGISTRY]
 
 
@@ -71,9 +76,12 @@ def hidden_weight_layers(net: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("suite,agent,intervention", PAIRS)
 def test_agent_and_intervention_work_or_are_refused_at_start_up(suite, agent, intervention, request):
-    if suite == "incontext":
+    if suite in ("incontext", "offline"):
         pytest.importorskip("minari")
-    root = request.getfixturevalue("dataset_root") if suite == "incontext" else None
+    if suite == "offline":
+        pytest.importorskip("xlstm")
+        pytest.importorskip("mambapy")
+    root = request.getfixturevalue("dataset_root") if suite in ("incontext", "offline") else None
     spec, make = build(suite, agent, intervention, root)
     unsupported = spec.load().UNSUPPORTED_INTERVENTIONS
     if intervention in unsupported:
@@ -117,4 +125,5 @@ def test_nap_on_rainbow_normalises_the_trunk_and_both_heads():
 
 
 def test_agents_list_covers_every_family():
-    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad", "ra_dt"}
+    assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad", "ra_dt",
+                                                          "lram", "dt_kv", "mamba"}

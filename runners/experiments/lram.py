@@ -26,7 +26,8 @@ ARMS = (("xLSTM [1:0]", "lram", ()), ("xLSTM [7:1]", "lram", ("--set", "lram.rat
         ("Transformer (KV cache)", "dt_kv", ()), ("Mamba", "mamba", ()))
 RECURRENT = ("xLSTM [1:0]", "xLSTM [7:1]", "Mamba")
 QUICK = ("--set", "env.metaworld_tasks=reach-v3", "--set", "env.darkroom_tasks=2", "--set",
-         "dataset.metaworld_episodes=4", "--set", "run.eval_episodes=1")
+         "dataset.metaworld_episodes=4", "--set", "run.eval_episodes=1",
+         "--set", "dataset.root=results/datasets_quick")  # the smaller datasets apart from the page's
 METRICS = (("metaworld", "success"), ("metaworld", "success_any"), ("darkroom", "return"))
 
 
