@@ -332,7 +332,15 @@ def ensure_datasets(root: Path, env_id: str, splits: tuple[str, ...] | list[str]
     if not missing:
         return []
     histories = learning_histories(spec.env_id, np.stack(missing), seed, default_settings(spec.env_id), progress)
-    return [write_history(root, h) for h in histories]
+    built = []
+    for h in histories:
+        try:
+            built.append(write_history(root, h))
+        except ConfigError:
+            if not dataset_dir(root, spec.env_id, h.task).exists():
+                raise
+            verify_dataset(root, spec.env_id, h.task, seed)  # another process built it meanwhile: it must match
+    return built
 
 
 # -- listing -------------------------------------------------------------------------------

@@ -151,7 +151,15 @@ def ensure(root: Path, domain: str, tasks: list[str], seed: int, settings: MetaW
         bar = tqdm(total=len(missing) * settings.episodes * HORIZON, desc=f"{domain} demonstrations", unit="step",
                    file=sys.stderr)
     try:
-        return [build(root, domain, task, seed, settings, bar) for task in missing]
+        built = []
+        for task in missing:
+            try:
+                built.append(build(root, domain, task, seed, settings, bar))
+            except ConfigError:
+                if not dataset_dir(root, domain, task).exists():
+                    raise
+                verify(root, domain, task, seed, settings)  # another process built it meanwhile: it must match
+        return built
     finally:
         if bar is not None:
             bar.close()

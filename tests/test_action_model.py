@@ -269,3 +269,41 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown Meta-World task 'nope'" in err
     assert not (tmp_path / "offline").exists() or not any((tmp_path / "offline").iterdir())
+
+
+@pytest.mark.parametrize("module,make", [
+    ("xlstm", lambda: XLSTMBackbone(D, 1, 12)),
+    ("mambapy", lambda: MambaBackbone(D, 1)),
+])
+def test_a_missing_backbone_package_is_a_one_line_error(monkeypatch, module, make):
+    import sys
+
+    from configs import ConfigError
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, f"{module}.mamba", None)
+    with pytest.raises(ConfigError, match="plasticity-suite\\[lram\\]"):
+        make()
+
+
+def test_missing_meta_world_is_a_one_line_error(monkeypatch):
+    import sys
+
+    from configs import ConfigError
+    from envs.metaworld import import_metaworld
+    monkeypatch.setitem(sys.modules, "metaworld", None)
+    with pytest.raises(ConfigError, match="plasticity-suite\\[metaworld\\]"):
+        import_metaworld()
+
+
+def test_a_dataset_another_process_built_meanwhile_is_checked_not_an_error(tmp_path, monkeypatch):
+    pytest.importorskip("metaworld")
+    from envs import trajectories as tr
+    settings = tr.MetaWorldSettings(episodes=1)
+    real_build = tr.build
+
+    def race(root, domain, task, seed, settings, progress=None):  # the other process wins, then we try
+        real_build(root, domain, task, seed, settings, progress)
+        return real_build(root, domain, task, seed, settings, progress)
+    monkeypatch.setattr(tr, "build", race)
+    assert tr.ensure(tmp_path, "metaworld", ["reach-v3"], 0, settings, progress=False) == []
+    assert tr.load(tmp_path, "metaworld", "reach-v3", 0, settings).num_episodes == 1
