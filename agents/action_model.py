@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from agents.backbones import Backbone, MambaBackbone, TransformerBackbone, XLSTMBackbone
 from agents.base import Evaluation, check_finite
-from agents.offline import DatasetConfig, OfflineAgent, OptimiserConfig
+from agents.offline import DatasetConfig, OfflineAgent, OptimiserConfig, returns_to_go
 from configs import ConfigError, param
 from envs.action_tasks import ActionTasks, Domain
 from envs.trajectories import MetaWorldSettings, Trajectories
@@ -87,11 +87,6 @@ TOKENIZER = MinMaxTokenizer()
 # ---------------------------------------------------------------------------------------
 # 2. Training windows
 # ---------------------------------------------------------------------------------------
-
-def returns_to_go(rewards: np.ndarray, episode: np.ndarray) -> np.ndarray:
-    from agents.offline import returns_to_go as rtg
-    return rtg(rewards, episode)
-
 
 class DomainWindows:
     """One domain's trajectories as windows of ``context`` timesteps that start inside an episode."""
@@ -288,8 +283,9 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
         policy = networks["policy"]
         assert isinstance(policy, ActionModel)  # as build_networks made it
         self.policy = policy
-        decay = [p for n, p in policy.named_parameters() if p.dim() >= 2 and "embed_ln" not in n]
-        rest = [p for n, p in policy.named_parameters() if not (p.dim() >= 2 and "embed_ln" not in n)]
+        decayed = {n: p.dim() >= 2 and "embed_ln" not in n for n, p in policy.named_parameters()}
+        decay = [p for n, p in policy.named_parameters() if decayed[n]]
+        rest = [p for n, p in policy.named_parameters() if not decayed[n]]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
         self.gen = np.random.default_rng(self.seed)

@@ -266,34 +266,40 @@ class TransformerBackbone(Backbone):
         rows = torch.arange(len(x), device=x.device)
         pos = state.lengths
         inputs[rows, pos] = x
-        tr = self.transformer
-        h = tr.drop(x + self._position(pos))[:, None]  # (B, 1, D)
         used = int(pos.max()) + 1  # attend over the columns in use only, not the whole buffer
         attend_to = (torch.arange(used, device=x.device)[None] <= pos[:, None])[:, None, None]
+
+        def write(i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+            keys[i, rows, :, pos], values[i, rows, :, pos] = k[:, :, 0], v[:, :, 0]
+            return keys[i, :, :, :used], values[i, :, :, :used], attend_to
+        h = self._blocks_on(x[:, None], pos[:, None], write)
+        return self.transformer.ln_f(h)[:, 0], StaticKVCache(keys, values, inputs, state.lengths + 1)
+
+    def _blocks_on(self, x: Tensor, positions: Tensor, write: Any) -> Tensor:
+        """The blocks on new tokens x (B, T, D) at ``positions``; ``write(layer, k, v)`` stores their keys and
+        values and returns what they attend to: (keys, values, mask), mask None for causal among themselves."""
+        h = self.transformer.drop(x + self._position(positions))
         for i, block in enumerate(self._blocks()):
             attn = block.attn
             q, k, v = (attn.heads(t) for t in attn.qkv(block.ln1(h)).chunk(3, dim=-1))
-            keys[i, rows, :, pos] = k[:, :, 0]
-            values[i, rows, :, pos] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, keys[i, :, :, :used], values[i, :, :, :used], attn_mask=attend_to)
+            keys, values, mask = write(i, k, v)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
             h = h + attn.merge(y)
             h = h + block.mlp(block.ln2(h))
-        return tr.ln_f(h)[:, 0], StaticKVCache(keys, values, inputs, state.lengths + 1)
+        return h
 
     def _keep_last(self, state: StaticKVCache, rows: Tensor) -> StaticKVCache:
         """The cache with sequences ``rows`` cut to their last ``keep_tokens`` tokens, recomputed."""
-        keep, tr = self.keep_tokens, self.transformer
+        keep = self.keep_tokens
         idx = rows.nonzero().squeeze(1)
         kept = state.inputs[idx, self.context_tokens - keep:]
         keys, values, inputs = state.keys.clone(), state.values.clone(), state.inputs.clone()
         inputs[idx, :keep] = kept
-        h = tr.drop(kept + self._position(torch.arange(keep, device=kept.device))[None])
-        for i, block in enumerate(self._blocks()):
-            attn = block.attn
-            q, k, v = (attn.heads(t) for t in attn.qkv(block.ln1(h)).chunk(3, dim=-1))
+
+        def write(i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, None]:
             keys[i, idx, :, :keep], values[i, idx, :, :keep] = k, v
-            h = h + attn.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-            h = h + block.mlp(block.ln2(h))
+            return k, v, None
+        self._blocks_on(kept, torch.arange(keep, device=kept.device)[None], write)
         return StaticKVCache(keys, values, inputs, torch.where(rows, keep, state.lengths))
 
     def _blocks(self) -> list[Any]:
@@ -304,6 +310,12 @@ class TransformerBackbone(Backbone):
         pe = self.transformer.position_embedding(positions)
         assert pe is not None  # built with learned positions
         return pe
+
+    def state_bytes(self, state: StaticKVCache) -> int:
+        """The cache's columns in use (keys, values and input embeddings), not the whole preallocated buffer."""
+        per_column = (2 * state.keys[..., :1, :].numel() * state.keys.element_size()
+                      + state.inputs[:, :1].numel() * state.inputs.element_size())
+        return int(state.lengths.max()) * per_column
 
     def restart(self, state: StaticKVCache, rows: Tensor) -> StaticKVCache:
         return StaticKVCache(state.keys, state.values, state.inputs, torch.where(rows, 0, state.lengths))

@@ -64,15 +64,6 @@ def models(max_tokens: int) -> dict[str, ActionModel]:
     return out
 
 
-def valid_state_bytes(model: ActionModel, state) -> int:
-    if hasattr(state, "lengths"):  # the KV cache: its valid columns
-        n = int(state.lengths.max())
-        per_column = state.keys[..., :1, :].numel() * state.keys.element_size() * 2 + \
-            state.inputs[:, :1].numel() * state.inputs.element_size()
-        return n * per_column
-    return model.backbone.state_bytes(state)
-
-
 def run(batch: int, max_tokens: int, checkpoints: list[int], window: int) -> dict[str, dict[int, tuple[float, int]]]:
     torch.manual_seed(0)
     nets = models(max_tokens + 3)
@@ -99,7 +90,7 @@ def run(batch: int, max_tokens: int, checkpoints: list[int], window: int) -> dic
                 states[name] = net.observe(states[name], torch.as_tensor(reward) / 100.0)
                 times[name].append(time.perf_counter() - start)
                 if t in marks:
-                    memory[name][marks[t]] = valid_state_bytes(net, states[name])
+                    memory[name][marks[t]] = net.backbone.state_bytes(states[name])
             if t % 500 == 0:
                 print(f"  batch {batch}: {t * TOKENS_PER_STEP} tokens", file=sys.stderr, flush=True)
     out: dict[str, dict[int, tuple[float, int]]] = {}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from configs import ConfigError, param
+from envs.incontext import EvaluationTasks
 from envs.trajectories import MetaWorldSettings, Trajectories
 
 DOMAINS = ("metaworld", "darkroom")
@@ -93,11 +94,8 @@ class _GridBatch:
         pass
 
 
-class ActionTasks:
+class ActionTasks(EvaluationTasks):
     """The domains of one run (from ``env.id``) with their tasks, datasets and evaluation batches."""
-
-    frame_skip = 1
-    can_save_state = True
 
     def __init__(self, cfg: ActionTasksConfig, seed: int):
         self.cfg, self.seed = cfg, seed
@@ -146,15 +144,3 @@ class ActionTasks:
             from envs.metaworld import MetaWorldTasks
             return MetaWorldTasks(tasks, seed)
         return _GridBatch(self.cfg.darkroom_env, np.stack([self.goals[t] for t in tasks]))
-
-    def get_state(self) -> dict[str, Any]:
-        return {}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def reset(self) -> np.ndarray:  # the Trainer's restart path; never reached (can_save_state)
-        raise RuntimeError("ActionTasks has no environment to reset")
-
-    def close(self) -> None:
-        pass

@@ -25,15 +25,29 @@ class InContextConfig:
     eval_train_tasks: int = param("Train tasks evaluated (the first n of the split; 0: all)", min=0)
 
 
-class InContextTasks:
-    """The train / held-out tasks of one grid world and evaluation batches over them.
-
-    Nothing here has state between evaluations (each builds fresh batches), so checkpoints hold
-    no environment state and resumes are exact.
-    """
+class EvaluationTasks:
+    """What an offline agent's runner holds instead of a ``VecEnv``: tasks and factories of evaluation batches.
+    Nothing here has state between evaluations (each builds fresh batches), so checkpoints hold no environment
+    state and resumes are exact."""
 
     frame_skip = 1
     can_save_state = True
+
+    def get_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def reset(self) -> np.ndarray:  # the Trainer's restart path; never reached (can_save_state)
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class InContextTasks(EvaluationTasks):
+    """The train / held-out tasks of one grid world and evaluation batches over them."""
 
     def __init__(self, cfg: InContextConfig, seed: int):
         self.env_id = cfg.id
@@ -54,15 +68,3 @@ class InContextTasks:
     def best_returns(self, tasks: np.ndarray) -> np.ndarray:
         """(n,) the best possible return of each task (what in-context curves are normalised by)."""
         return np.array([best_return(self.env_id, t) for t in tasks], np.float64)
-
-    def get_state(self) -> dict[str, Any]:
-        return {}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def reset(self) -> np.ndarray:  # the Trainer's restart path; never reached (can_save_state)
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass

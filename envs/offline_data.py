@@ -304,7 +304,11 @@ def load_histories(root: Path, env_id: str, split: str = "train", seed: int | No
 
 def remove_stale_temporaries(root: Path, env_id: str) -> int:
     """Delete the ``.tmp-*`` folders that killed builds left under ``<root>/<env id>``; returns how many."""
-    folder = Path(root) / get_spec(env_id).env_id
+    return remove_stale_folders(Path(root) / get_spec(env_id).env_id)
+
+
+def remove_stale_folders(folder: Path) -> int:
+    """Delete the ``.tmp-*`` folders that killed builds (:func:`publish_dataset`) left in ``folder``."""
     stale = list(folder.glob(".tmp-*")) if folder.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)

@@ -28,7 +28,14 @@ import numpy as np
 
 from configs import ConfigError
 from envs.offline_data import DEMONSTRATIONS_MANIFEST as MANIFEST
-from envs.offline_data import checksum, minari_episodes, minari_write, publish_dataset, read_manifest
+from envs.offline_data import (
+    checksum,
+    minari_episodes,
+    minari_write,
+    publish_dataset,
+    read_manifest,
+    remove_stale_folders,
+)
 
 FORMAT = 1
 DOMAINS = ("metaworld",)
@@ -140,9 +147,7 @@ def ensure(root: Path, domain: str, tasks: list[str], seed: int, settings: MetaW
             verify(root, domain, task, seed, settings)
         else:
             missing.append(task)
-    for stale in (Path(root) / domain).glob(".tmp-*") if (Path(root) / domain).is_dir() else []:
-        import shutil
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_folders(Path(root) / domain)
     if not missing:
         return []
     bar = None

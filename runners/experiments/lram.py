@@ -44,10 +44,6 @@ def arms(quick: bool) -> list[Arm]:
     return out
 
 
-def agent_of(label: str) -> str:
-    return next(agent for lab, agent, _ in ARMS if lab == label)
-
-
 def carry_evaluation(run_dir: Path) -> dict:
     """The final model's evaluation with ``rollout_context=carry`` (computed once, kept in the run)."""
     path = run_dir / "carry_eval.json"
