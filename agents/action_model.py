@@ -49,7 +49,7 @@ from agents.base import Evaluation, check_finite
 from agents.offline import DatasetConfig, OfflineAgent, OptimiserConfig, returns_to_go
 from configs import ConfigError, param
 from envs.action_tasks import ActionTasks, Domain
-from envs.trajectories import MetaWorldSettings, Trajectories
+from envs.trajectories import MetaWorldSettings, MinAtarSettings, Settings, Trajectories
 
 N_DISCRETE = 18  # LRAM: the discrete actions' tokens come first (Atari's 18 actions)
 N_BINS = 256  # LRAM: min-max bins for each continuous action dimension
@@ -95,8 +95,10 @@ class DomainWindows:
         self.domain = domain
         obs, actions, rewards, episode = [], [], [], []
         offset = 0
+        width = max(int(np.prod(tr.observations.shape[1:])) for tr in trajectories)
         for tr in trajectories:
-            obs.append(tr.observations.reshape(len(tr.observations), -1))
+            flat = tr.observations.reshape(len(tr.observations), -1)
+            obs.append(np.pad(flat, ((0, 0), (0, width - flat.shape[1]))))  # tasks of a domain may differ in width
             actions.append(tr.actions)
             rewards.append(tr.rewards)
             episode.append(tr.episode + offset)
@@ -209,9 +211,18 @@ class DemonstrationsConfig(DatasetConfig):
     metaworld_episodes: int = param("Meta-World: scripted-expert episodes per task", min=1)
     metaworld_noise: float = param("Meta-World: std of the Gaussian noise on the expert's actions", min=0.0)
     metaworld_epsilon: float = param("Meta-World: share of episodes with uniform random actions", min=0.0, max=1.0)
+    minatar_episodes: int = param("MinAtar: episodes per game of the source policy", min=1)
+    minatar_agent: str = param("MinAtar: the suite's agent whose trained policy is rolled out (trained on demand "
+                               "under <root>/minatar/.agents/ when missing)")
+    minatar_budget: int = param("MinAtar: the source policy's training steps", min=1)
 
-    def metaworld(self) -> MetaWorldSettings:
-        return MetaWorldSettings(self.metaworld_episodes, self.metaworld_noise, self.metaworld_epsilon)
+    def settings(self, domain: str, max_steps: int) -> Settings | None:
+        """How ``domain``'s demonstrations are generated (None: learning histories, :mod:`envs.offline_data`)."""
+        if domain == "metaworld":
+            return MetaWorldSettings(self.metaworld_episodes, self.metaworld_noise, self.metaworld_epsilon)
+        if domain == "minatar":
+            return MinAtarSettings(self.minatar_episodes, self.minatar_agent, self.minatar_budget, max_steps)
+        return None
 
 
 @dataclass
@@ -269,8 +280,9 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
     def build_networks(self) -> dict[str, nn.Module]:
         ds = self.demonstrations
         progress = sys.stderr.isatty()
-        self.data_by_domain = {d.name: self.envs.load(d, ds.root, ds.seed, ds.metaworld(), ds.build_missing, progress)
-                               for d in self.envs.domains}
+        max_steps = self.envs.cfg.minatar_max_steps
+        self.data_by_domain = {d.name: self.envs.load(d, ds.root, ds.seed, ds.settings(d.name, max_steps),
+                                                      ds.build_missing, progress) for d in self.envs.domains}
         widths = [int(np.prod(tr.observations.shape[1:])) for trs in self.data_by_domain.values() for tr in trs]
         self.state_dim = self.cfg.state_dim or max(widths)
         self.max_act_dim = max(d.action_dims for d in self.envs.domains)
@@ -327,9 +339,9 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, windows: DomainWindows, tasks: list[str], seed: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
         """One greedy episode per entry of ``tasks`` (all in lockstep): (returns, success at the last step,
-        success on any step)."""
+        success on any step, the backbone's memory norms at the episodes' end)."""
         domain, policy, context = windows.domain, self.policy, self.cfg.context
         env = self.envs.batch(domain, tasks, seed)
         try:
@@ -341,6 +353,8 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
             success, success_any = np.zeros(n, bool), np.zeros(n, bool)
             recent: list[tuple[Tensor, Tensor, Tensor]] = []  # window mode: (states, rtg, reward) in context
             for _ in range(env.horizon):
+                if env.done.all():
+                    break
                 if self.cfg.rollout_context == "window" and len(recent) == context:
                     recent = recent[context - max(1, context // 2):]
                     state = policy.backbone.start(n)
@@ -360,7 +374,7 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
                 success_any |= success
         finally:
             env.close()
-        return returns, success, success_any
+        return returns, success, success_any, policy.backbone.memory_norms(state)
 
     def evaluate(self, episodes: int) -> Evaluation:
         metrics: dict[str, float] = {}
@@ -370,7 +384,8 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
             for windows in self.windows:
                 domain = windows.domain
                 tasks = [t for t in domain.tasks for _ in range(episodes)]
-                returns, success, success_any = self.rollout(windows, tasks, self.seed * 1_000_003 + self.env_steps)
+                returns, success, success_any, memory = self.rollout(windows, tasks,
+                                                                     self.seed * 1_000_003 + self.env_steps)
                 per_task: dict[str, dict[str, float]] = {}
                 for i, task in enumerate(domain.tasks):
                     rows = slice(i * episodes, (i + 1) * episodes)
@@ -381,6 +396,8 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
                 for key in domain.metrics:
                     metrics[f"{domain.name}/{key}"] = float(np.mean([v[key] for v in per_task.values()]))
                 record[domain.name] = per_task
+                record.setdefault("memory", {})[domain.name] = memory
+                metrics.update({f"{domain.name}/memory/{k}": v for k, v in memory.items()})
         finally:
             self.policy.train()
         return Evaluation(metrics, record)

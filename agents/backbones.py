@@ -62,6 +62,12 @@ class Backbone(nn.Module):
     def restart(self, state: Any, rows: Tensor) -> Any:
         """The state with the sequences where ``rows`` (B,) bool is True back at their start."""
 
+    def memory_norms(self, state: Any) -> dict[str, float]:
+        """Sizes of the recurrent memory in ``state`` (``<block>/<part>`` -> value; none by default): the
+        evaluation logs them after each rollout, so a user sees whether the memory grows past the trained
+        context."""
+        return {}
+
     def state_bytes(self, state: Any) -> int:
         """Memory the state holds (the recurrent state, or the KV cache)."""
         return sum(t.numel() * t.element_size() for t in _tensors(state))
@@ -177,6 +183,21 @@ class XLSTMBackbone(Backbone):
     def restart(self, state: Any, rows: Tensor) -> Any:
         return _zero_rows(state, rows)
 
+    def memory_norms(self, state: Any) -> dict[str, float]:
+        """Per block, the log norm of the true memory (the stored one times exp of its stabiliser): mLSTM's
+        matrix memory ``C`` and normaliser ``n`` (stabiliser m per head), sLSTM's cell ``c`` and normaliser
+        ``n`` (m per unit); :func:`plasticity.metrics.scaled_log_norm`, averaged over the batch."""
+        from plasticity.metrics import scaled_log_norm
+        out = {}
+        for name, block in state.items():
+            if "mlstm_state" in block:
+                c, n, m = block["mlstm_state"]
+                out[f"{name}/C_log_norm"], out[f"{name}/n_log_norm"] = scaled_log_norm(c, m), scaled_log_norm(n, m)
+            if "slstm_state" in block:
+                _, c, n, m = block["slstm_state"]
+                out[f"{name}/c_log_norm"], out[f"{name}/n_log_norm"] = scaled_log_norm(c, m), scaled_log_norm(n, m)
+        return out
+
 
 # ---------------------------------------------------------------------------------------
 # Mamba
@@ -209,6 +230,11 @@ class MambaBackbone(Backbone):
 
     def restart(self, state: Any, rows: Tensor) -> Any:
         return _zero_rows(state, rows)
+
+    def memory_norms(self, state: Any) -> dict[str, float]:
+        """Per layer, the norm of the SSM state h (B, d_inner, d_state), averaged over the batch."""
+        from plasticity.metrics import feature_norm
+        return {f"layer_{i}/h_norm": feature_norm(h) for i, (h, _) in enumerate(state)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -103,6 +103,11 @@ class MetaWorldTasks:
     def num_tasks(self) -> int:
         return len(self.envs)
 
+    @property
+    def done(self) -> np.ndarray:
+        """Per task, whether its episode has ended (all end together, at :data:`HORIZON`)."""
+        return np.full(self.num_tasks, self.t >= HORIZON)
+
     def reset(self, variations: np.ndarray | None = None) -> np.ndarray:
         if variations is None:
             variations = self.rng.integers(len(self.variations[0]), size=self.num_tasks)

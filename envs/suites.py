@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,8 @@ def _make_minatar(cfg, env_id: str, seed: int):
     if "MinAtar/Breakout-v1" not in gym.registry:
         register_envs()
     gym_id = f"MinAtar/{env_id}-v{0 if cfg.full_action_space else 1}"
+    if cfg.full_action_space:  # v0 is MinAtar's full action set, not an outdated version
+        warnings.filterwarnings("ignore", message=r".*MinAtar/\w+-v0 is out of date")
     limit = cfg.max_episode_frames or None
     return GymVecEnv(lambda **kw: gym.make(gym_id, max_episode_steps=limit, **kw), cfg.num_envs, seed, minatar_obs)
 

@@ -146,6 +146,16 @@ def feature_norm(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim))).mean())
 
 
+def scaled_log_norm(x: Tensor, log_scale: Tensor) -> float:
+    """Mean over samples of log || x * exp(log_scale) ||_2 over each sample's non-batch axes (``log_scale``
+    broadcast to ``x``): the size of a recurrent memory stored with a log-domain stabiliser, as xLSTM's mLSTM
+    (C and n kept divided by exp(m), per head) and sLSTM (c and n, per unit) keep theirs, without forming the
+    possibly overflowing product. An all-zero sample gives -inf."""
+    x, log_scale = x.detach().double(), log_scale.detach().double().expand_as(x)
+    terms = (torch.log(x.square()) + 2 * log_scale).flatten(1)
+    return float((0.5 * torch.logsumexp(terms, dim=1)).mean())
+
+
 # ---------------------------------------------------------------------------------------
 # Weights, updates and effective learning rate
 # ---------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
     python -m runners.datasets DarkKeyDoor-10x10 --tasks all --seed 1 --root /data/histories
     python -m runners.datasets metaworld --tasks reach-v3,push-v3   # Meta-World scripted demonstrations
     python -m runners.datasets metaworld --tasks cw10 --episodes 50
+    python -m runners.datasets minatar --tasks Breakout,SpaceInvaders    # rollouts of PPO, trained on demand
+    python -m runners.datasets minatar --tasks Breakout --runs results/minatar/Breakout__ppo__s1__...
     python -m runners.datasets --list                              # what exists, sizes, episodes, checksums
 
 The root is ``--root``, else ``$PLASTICITY_DATASETS``, else ``results/datasets``. Existing
@@ -45,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m runners.datasets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("env_id", nargs="?", help=f"one of {', '.join(ENV_IDS)}, or metaworld")
+    parser.add_argument("env_id", nargs="?", help=f"one of {', '.join(ENV_IDS)}, metaworld or minatar")
     parser.add_argument("--tasks", default=None, help=f"grid worlds: {', '.join(SPLITS)} (default train); "
-                        "metaworld: comma-separated task names, or cw10 (default)")
-    parser.add_argument("--episodes", type=int, default=None, help="metaworld: episodes per task (default 100)")
+                        "metaworld: comma-separated task names, or cw10 (default); minatar: comma-separated games "
+                        "(default Breakout,SpaceInvaders)")
+    parser.add_argument("--episodes", type=int, default=None, help="metaworld: episodes per task (default 100); "
+                        "minatar: per game (default 50)")
+    parser.add_argument("--runs", default=None, help="minatar: run directories of trained policies (runners.minatar "
+                        "with --set env.full_action_space=true), comma-separated, one per game; games without one are "
+                        "trained on demand")
+    parser.add_argument("--agent", default=None, help="minatar: the agent trained on demand (default ppo)")
+    parser.add_argument("--budget", type=int, default=None, help="minatar: its training steps (default 500000)")
+    parser.add_argument("--max-steps", type=int, default=None, help="minatar: episodes are cut here (default 1000)")
     parser.add_argument("--noise", type=float, default=None, help="metaworld: action noise std (default 0.1)")
     parser.add_argument("--epsilon", type=float, default=None, help="metaworld: share of random episodes (0.1)")
     parser.add_argument("--root", type=Path, default=None, help="datasets folder (default $PLASTICITY_DATASETS "
@@ -63,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             print(_format_list(root))
             return 0
         if args.env_id is None:
-            raise ConfigError(f"name an environment ({', '.join(ENV_IDS)}, metaworld) or pass --list")
+            raise ConfigError(f"name an environment ({', '.join(ENV_IDS)}, metaworld, minatar) or pass --list")
         if args.env_id == "metaworld":
             return _metaworld(args, root)
+        if args.env_id == "minatar":
+            return _minatar(args, root)
         from envs.gridworlds import get_spec
         args.tasks = args.tasks or "train"
         from envs.offline_data import ensure_datasets
@@ -98,6 +110,41 @@ def _metaworld(args: argparse.Namespace, root: Path) -> int:
     start = time.perf_counter()
     built = trajectories.ensure(root, "metaworld", tasks, args.seed, settings, progress=not args.no_progress)
     print(f"metaworld: built {len(built)} datasets in {time.perf_counter() - start:.1f} s under {root / 'metaworld'}"
+          + ("" if built else " (all were already there)"), file=sys.stderr)
+    return 0
+
+
+def _minatar(args: argparse.Namespace, root: Path) -> int:
+    """MinAtar demonstrations; a given run fixes the agent and budget recorded for its game."""
+    import dataclasses
+
+    from envs import trajectories
+    from runners.rundir import open_run
+    defaults = trajectories.MinAtarSettings()
+    settings = trajectories.MinAtarSettings(
+        defaults.episodes if args.episodes is None else args.episodes, args.agent or defaults.agent,
+        defaults.budget if args.budget is None else args.budget,
+        defaults.max_steps if args.max_steps is None else args.max_steps)
+    if settings.episodes < 1 or settings.budget < 1 or settings.max_steps < 1:
+        raise ConfigError(f"invalid settings {settings}: episodes, budget and max-steps must be at least 1")
+    tasks = trajectories.check_task_names("minatar", [t.strip() for t in (args.tasks or "Breakout,SpaceInvaders")
+                                                 .split(",") if t.strip()])
+    sources: dict[str, Path] = {}
+    for path in [Path(p.strip()) for p in (args.runs or "").split(",") if p.strip()]:
+        run = open_run(path, suite="minatar", checkpoint="latest.pt")
+        game = run.sections["env"].id
+        if game not in tasks:
+            raise ConfigError(f"{path} is a {game} run, not one of --tasks {','.join(tasks)}")
+        sources[game] = path
+    start, built = time.perf_counter(), []
+    for task in tasks:  # each game with its own settings: a given run's agent and budget
+        run_settings = settings
+        if task in sources:
+            run = open_run(sources[task])
+            run_settings = dataclasses.replace(settings, agent=run.spec.name, budget=run.sections["run"].total_steps)
+        built += trajectories.ensure(root, "minatar", [task], args.seed, run_settings, not args.no_progress,
+                                     sources)
+    print(f"minatar: built {len(built)} datasets in {time.perf_counter() - start:.1f} s under {root / 'minatar'}"
           + ("" if built else " (all were already there)"), file=sys.stderr)
     return 0
 

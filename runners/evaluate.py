@@ -111,11 +111,43 @@ def video_folder(run_dir: Path, checkpoint: str, deterministic: bool, seed: int)
     return folder
 
 
+class TransitionRecorder:
+    """Every environment's current episode as (observation, action, reward) steps, kept if the episode counts:
+    the demonstrations of a trained policy (``envs.trajectories``' MinAtar datasets). The reset transitions of
+    next-step autoreset are left out; each kept episode has its last observation too."""
+
+    def __init__(self, num_envs: int):
+        self._steps: list[list[tuple[np.ndarray, Any, float]]] = [[] for _ in range(num_envs)]
+        self._last: list[np.ndarray | None] = [None] * num_envs
+        self._resetting = np.zeros(num_envs, bool)
+        #: the counted episodes, in the order they ended: observations (T+1, ...), actions (T,), rewards (T,)
+        self.kept: list[dict[str, np.ndarray]] = []
+
+    def step(self, obs: np.ndarray, actions: np.ndarray, step: Any) -> None:
+        ended = np.asarray(step.terminated) | np.asarray(step.truncated)
+        for i in range(len(self._steps)):
+            if self._resetting[i]:  # this step only reset the environment: its action was ignored
+                self._resetting[i] = False
+                continue
+            self._steps[i].append((obs[i], actions[i], float(step.reward[i])))
+            if ended[i]:
+                self._last[i], self._resetting[i] = step.obs[i], True
+
+    def end(self, i: int, keep: bool) -> None:
+        steps, last = self._steps[i], self._last[i]
+        self._steps[i], self._last[i] = [], None
+        if keep and steps and last is not None:
+            self.kept.append({"observations": np.stack([s[0] for s in steps] + [last]),
+                              "actions": np.array([s[1] for s in steps]),
+                              "rewards": np.array([s[2] for s in steps], np.float32)})
+
+
 def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool = False,
-            videos: EpisodeVideos | None = None) -> list[dict[str, Any]]:
+            videos: EpisodeVideos | None = None, transitions: TransitionRecorder | None = None
+            ) -> list[dict[str, Any]]:
     """``episodes`` episodes of ``agent``'s policy on ``agent.envs`` (reset here): each environment plays
     its share in order. Returns (return, length, environment) per episode, in the order they ended; with
-    ``videos``, every counted episode's frames go to its MP4."""
+    ``videos``, every counted episode's frames go to its MP4; with ``transitions``, its steps to the recorder."""
     import torch
     envs = agent.envs
     n = envs.num_envs
@@ -131,13 +163,18 @@ def rollout(agent, episodes: int, deterministic: bool, seed: int, progress: bool
     if videos is not None:
         videos.frame()
     while len(out) < episodes:
-        step = envs.step(agent.policy_actions(obs, deterministic, generator))
+        actions = agent.policy_actions(obs, deterministic, generator)
+        step = envs.step(actions)
         if videos is not None:
             videos.frame()
+        if transitions is not None:
+            transitions.step(obs, actions, step)
         for ep in step.episodes:
             counted = bool(played[ep.env_index] < quota[ep.env_index])
             if videos is not None:
                 videos.end(ep.env_index, keep=counted)
+            if transitions is not None:
+                transitions.end(ep.env_index, keep=counted)
             if counted:
                 played[ep.env_index] += 1
                 out.append({"return": ep.ret, "length": ep.length, "env": ep.env_index})
@@ -173,6 +210,42 @@ def read_evaluations(path: Path) -> list[dict[str, Any]]:
                           "so that nothing in it is lost") from None
 
 
+def restore_policy(run: Any, ckpt: dict[str, Any], envs: Any, device: Any) -> Any:
+    """The agent of ``run`` (a :class:`runners.rundir.Run`) on ``envs`` with the checkpoint's weights and
+    observation preprocessing, its networks in eval mode."""
+    agent = run.make_agent(envs, device, run.sections["run"].seed)
+    agent.load_state_dict(ckpt["agent"])
+    for net in agent.networks().values():
+        net.eval()
+    agent.envs.adopt_preprocessing(ckpt["envs"])
+    return agent
+
+
+def record_episodes(run_dir: Path, episodes: int, seed: int, env_changes: dict[str, Any], num_envs: int = 8,
+                    progress: bool = False) -> tuple[list[dict[str, np.ndarray]], Any]:
+    """``episodes`` episodes of the policy in ``run_dir``'s latest checkpoint, actions drawn from it, on fresh
+    environments of its own config with ``env_changes`` (e.g. a time limit) and ``num_envs`` environments, seeded
+    apart from training's: (the episodes' steps as :attr:`TransitionRecorder.kept`, the :class:`Run`)."""
+    import dataclasses
+
+    import torch
+
+    from envs import make_vec_env
+    from runners.rundir import open_run
+    from runners.train import env_seed
+    run = open_run(run_dir, checkpoint="latest.pt")
+    ckpt = run.load_checkpoint(run.ckpt_dir / "latest.pt")
+    env_cfg = dataclasses.replace(run.sections["env"], num_envs=num_envs, **env_changes)
+    envs = make_vec_env(run.suite, env_cfg, env_seed(run.sections["run"].seed) + EVAL_SEED_OFFSET + seed)
+    try:
+        agent = restore_policy(run, ckpt, envs, torch.device("cpu"))
+        recorder = TransitionRecorder(envs.num_envs)
+        rollout(agent, episodes, False, seed, progress, transitions=recorder)
+    finally:
+        envs.close()
+    return recorder.kept, run
+
+
 def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool, seed: int, device: str,
              progress: bool, video: bool = False) -> dict[str, Any]:
     import torch
@@ -196,11 +269,7 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
             sections["env"].backend = render_backend  # envpool keeps no colour frames: the suite's other back end
     envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
     try:
-        agent = run.make_agent(envs, resolve_device(device), sections["run"].seed)
-        agent.load_state_dict(ckpt["agent"])
-        for net in agent.networks().values():
-            net.eval()
-        agent.envs.adopt_preprocessing(ckpt["envs"])
+        agent = restore_policy(run, ckpt, envs, resolve_device(device))
         if video:
             envs.enable_rendering()
             recorder = EpisodeVideos(envs, video_folder(run_dir, checkpoint, deterministic, seed))

@@ -301,9 +301,109 @@ def test_a_dataset_another_process_built_meanwhile_is_checked_not_an_error(tmp_p
     settings = tr.MetaWorldSettings(episodes=1)
     real_build = tr.build
 
-    def race(root, domain, task, seed, settings, progress=None):  # the other process wins, then we try
-        real_build(root, domain, task, seed, settings, progress)
-        return real_build(root, domain, task, seed, settings, progress)
+    def race(root, domain, task, seed, settings, progress=None, source=None):  # the other process wins first
+        real_build(root, domain, task, seed, settings, progress, source)
+        return real_build(root, domain, task, seed, settings, progress, source)
     monkeypatch.setattr(tr, "build", race)
     assert tr.ensure(tmp_path, "metaworld", ["reach-v3"], 0, settings, progress=False) == []
     assert tr.load(tmp_path, "metaworld", "reach-v3", 0, settings).num_episodes == 1
+
+
+@torch.no_grad()
+def test_xlstm_memory_norms_are_the_stored_memory_times_its_stabiliser():
+    torch.manual_seed(0)
+    bb = XLSTMBackbone(D, 4, 60, "7:1")  # sLSTM at block 1
+    state = bb.start(3)
+    for _ in range(5):
+        _, state = bb.step(torch.randn(3, D), state)
+    c, _, m = state["block_0"]["mlstm_state"]  # (B, H, dh, dh) stored as C * exp(-m), m per head
+    _, cell, _, m_cell = state["block_1"]["slstm_state"]  # (B, D), m per unit
+    norms = bb.memory_norms(state)
+    assert norms["block_0/C_log_norm"] == pytest.approx(float((c * m.exp()).flatten(1).norm(dim=1).log().mean()),
+                                                        rel=1e-5)
+    assert norms["block_1/c_log_norm"] == pytest.approx(float((cell * m_cell.exp()).norm(dim=1).log().mean()),
+                                                        rel=1e-5)
+    assert set(norms) == {f"block_{i}/{p}" for i in (0, 2, 3) for p in ("C_log_norm", "n_log_norm")} | \
+        {"block_1/c_log_norm", "block_1/n_log_norm"}
+    mamba = MambaBackbone(D, 2)
+    assert set(mamba.memory_norms(mamba.start(3))) == {"layer_0/h_norm", "layer_1/h_norm"}
+    assert TransformerBackbone(D, 1, 4, 60).memory_norms(None) == {}
+
+
+# -- MinAtar: demonstrations of the suite's own trained policies ---------------------------
+
+@pytest.fixture(scope="module")
+def minatar_root(tmp_path_factory):
+    """Breakout demonstrations of a PPO policy trained on demand for 2 iterations (seconds)."""
+    pytest.importorskip("minatar")
+    from envs import trajectories as tr
+    root = tmp_path_factory.mktemp("minatar_datasets")
+    settings = tr.MinAtarSettings(episodes=3, budget=2048, max_steps=40)
+    built = tr.ensure(root, "minatar", ["Breakout"], 0, settings, progress=False)
+    assert [p.name for p in built] == ["Breakout"]
+    return root, settings
+
+
+def test_minatar_demonstrations_are_a_trained_runs_rollouts_checked_like_the_others(minatar_root):
+    from configs import ConfigError
+    from envs import trajectories as tr
+    root, settings = minatar_root
+    data = tr.load(root, "minatar", "Breakout", 0, settings)
+    assert data.num_episodes == 3 and data.actions.dtype == np.int64 and data.actions.max() < 6
+    assert data.observations.shape[1] == 4 * 10 * 10 and set(np.unique(data.observations)) <= {0.0, 1.0}
+    lengths = np.bincount(data.episode)
+    assert lengths.max() <= settings.max_steps
+    manifest = json.loads((root / "minatar" / "Breakout" / "trajectories.json").read_text())
+    assert manifest["source_agent"] == "ppo" and manifest["source_budget"] == 2048
+    assert Path(manifest["source_run"]).name == "Breakout-ppo-2048-s0"
+    assert tr.ensure(root, "minatar", ["Breakout"], 0, settings, progress=False) == []  # reused, checked
+    with pytest.raises(ConfigError, match="budget"):
+        tr.load(root, "minatar", "Breakout", 0, tr.MinAtarSettings(episodes=3, budget=4096, max_steps=40))
+    with pytest.raises(ConfigError, match="unknown MinAtar game 'Pong'"):
+        tr.ensure(root, "minatar", ["Pong"], 0, settings, progress=False)
+
+
+def test_a_source_run_with_the_minimal_action_set_is_refused(tmp_path, capsys):
+    pytest.importorskip("minatar")
+    from runners.cli import main as train
+    from runners.datasets import main
+    assert train("minatar", ["--agent=ppo", "--env=Breakout", "--total-steps=1024", f"--results-dir={tmp_path}",
+                             "--run-name=minimal", "--no-progress", "--set", "diagnostics.enabled=false"]) == 0
+    capsys.readouterr()
+    args = ["minatar", "--tasks", "Breakout", "--runs", str(tmp_path / "minatar" / "minimal"), "--episodes", "1",
+            "--root", str(tmp_path / "data"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "full_action_space" in err
+    assert not (tmp_path / "data" / "minatar" / "Breakout").exists()
+
+
+def test_minatar_tasks_step_together_and_stop_at_their_own_ends():
+    pytest.importorskip("minatar")
+    from envs.action_tasks import _MinAtarBatch
+    env = _MinAtarBatch(["Breakout", "SpaceInvaders", "Breakout"], horizon=30, seed=0)
+    obs = env.reset()
+    assert obs.shape == (3, 600) and not obs[[0, 2], 400:].any()  # Breakout's 4 channels, zero-padded to 6
+    for _ in range(30):
+        before = env.done.copy()
+        obs, reward, _ = env.step(np.array([0, 0, 0]))
+        assert not reward[before].any()  # a finished game earns nothing more
+    assert env.done.all()
+    env.close()
+
+
+def test_the_runner_trains_on_minatar_and_logs_the_memory_norms(tmp_path, minatar_root):
+    from runners.cli import main
+    from runners.offline import translate
+    root, settings = minatar_root
+    args = tiny(tmp_path, "lram", "--set", f"dataset.root={root}", "--set", "env.minatar_games=Breakout",
+                "--set", f"env.minatar_max_steps={settings.max_steps}", "--set", "dataset.minatar_episodes=3",
+                "--set", f"dataset.minatar_budget={settings.budget}")
+    args[1] = "--datasets=minatar,darkroom"
+    assert main("offline", translate(args)) == 0
+    (run_dir,) = (tmp_path / "offline").iterdir()
+    evaluation = json.loads((run_dir / "eval.json").read_text())["evaluations"][-1]
+    assert set(evaluation["minatar"]) == {"Breakout"}
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "eval/minatar/return" in header and "losses/action_ce/minatar" in header
+    assert "eval/minatar/memory/block_0/C_log_norm" in header and "eval/darkroom/memory/block_1/n_log_norm" in header

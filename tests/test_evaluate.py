@@ -154,3 +154,39 @@ def test_video_without_ffmpeg_is_one_line_and_writes_nothing(run_dir, monkeypatc
                                                "pip install -e '.[video]'")
     assert (record.read_text() if record.exists() else None) == before
     assert (sorted((run_dir / "videos").iterdir()) if (run_dir / "videos").exists() else []) == folders
+
+
+class AutoReset:
+    """Next-step autoreset: env i's episodes last lengths[i] steps, its observation is the episode's step count,
+    reward 1 per step; the step after an episode's end only resets (reward 0, not done)."""
+
+    def __init__(self, lengths):
+        self.lengths, self.num_envs = np.array(lengths), len(lengths)
+
+    def reset(self):
+        self.t, self.resetting = np.zeros(self.num_envs, int), np.zeros(self.num_envs, bool)
+        return self.t[:, None].astype(np.float32)
+
+    def step(self, actions):
+        reward = np.where(self.resetting, 0.0, 1.0).astype(np.float32)
+        self.t = np.where(self.resetting, 0, self.t + 1)
+        done = ~self.resetting & (self.t == self.lengths)
+        self.resetting = done
+        episodes = [Episode(float(self.lengths[i]), int(self.lengths[i]), int(i)) for i in np.flatnonzero(done)]
+        return VecStep(self.t[:, None].astype(np.float32), reward, done, np.zeros(self.num_envs, bool), episodes)
+
+
+def test_recorded_episodes_leave_out_the_reset_transitions():
+    from runners.evaluate import TransitionRecorder
+    envs = AutoReset([2, 3])
+    agent = SimpleNamespace(envs=envs, policy_actions=lambda obs, det, gen: obs[:, 0].astype(int) * 10
+                            + np.arange(len(obs)))
+    recorder = TransitionRecorder(envs.num_envs)
+    rollout(agent, 4, False, seed=0, transitions=recorder)
+    assert sorted(len(e["actions"]) for e in recorder.kept) == [2, 2, 3, 3]
+    for e in recorder.kept:
+        n = len(e["actions"])
+        env = 0 if n == 2 else 1
+        np.testing.assert_array_equal(e["observations"][:, 0], np.arange(n + 1))  # its first to its last obs
+        np.testing.assert_array_equal(e["actions"], np.arange(n) * 10 + env)  # no reset transition's action
+        np.testing.assert_array_equal(e["rewards"], np.ones(n))

@@ -135,3 +135,12 @@ def test_norms_updates_and_effective_learning_rate():
     assert M.group_norms([], torch.tensor([], dtype=torch.long), 2).tolist() == [0.0, 0.0]
     assert M.effective_lr(0.1, 5.0, adaptive=True) == pytest.approx(0.02)
     assert M.effective_lr(0.1, 5.0, adaptive=False) == pytest.approx(0.004)
+
+
+def test_scaled_log_norm_by_hand():
+    from plasticity.metrics import scaled_log_norm
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    assert scaled_log_norm(x, torch.zeros(2, 2)) == pytest.approx((math.log(5.0) + math.log(1.0)) / 2)
+    # per-element scales: || (1 * e^2, 0 * e^5) || = e^2; a scale per sample broadcast over its axis
+    assert scaled_log_norm(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 5.0]])) == pytest.approx(2.0)
+    assert scaled_log_norm(torch.tensor([[3.0, 4.0]]), torch.tensor([[700.0]])) == pytest.approx(700 + math.log(5.0))

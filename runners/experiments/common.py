@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,9 +153,14 @@ def machine_line(run_dirs) -> str:
             f"({time.strftime('%Y-%m-%d')}).")
 
 
+def run_value(run_dir: Path, section: str, name: str) -> Any:
+    """A setting of a run (``section.name``) as its resolved config stores it."""
+    return read_yaml(run_dir / "config.yaml")[0][section][name]
+
+
 def run_setting(run_dir: Path, section: str, name: str) -> int:
     """An integer setting of a run (``section.name``), from its resolved config."""
-    return int(read_yaml(run_dir / "config.yaml")[0][section][name])
+    return int(run_value(run_dir, section, name))
 
 
 def last_logged(run_dir: Path, column: str) -> float:
