@@ -94,6 +94,9 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               "Transformer action model with a KV cache (LRAM's DT baseline), same tokens", suites=("offline",)),
     AgentSpec("mamba", "agents.action_model:MambaActionModel", "mamba",
               "Mamba action model (mambapy; LRAM's Mamba baseline), same tokens", suites=("offline",)),
+    AgentSpec("mtdt", "agents.l2m:MultiTaskDTAgent", "mtdt",
+              "L2M's pre-trained multi-task Decision Transformer (one token per action dimension)",
+              suites=("offline",)),
 ]}
 
 

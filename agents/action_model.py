@@ -91,7 +91,8 @@ TOKENIZER = MinMaxTokenizer()
 class DomainWindows:
     """One domain's trajectories as windows of ``context`` timesteps that start inside an episode."""
 
-    def __init__(self, domain: Domain, trajectories: list[Trajectories], state_dim: int, max_act_dim: int):
+    def __init__(self, domain: Domain, trajectories: list[Trajectories], state_dim: int, max_act_dim: int,
+                 tokenizer: MinMaxTokenizer = TOKENIZER):
         self.domain = domain
         obs, actions, rewards, episode = [], [], [], []
         offset = 0
@@ -115,11 +116,13 @@ class DomainWindows:
         if domain.discrete:
             self.tokens[:, 0] = acts.astype(np.int64)
         else:
-            self.tokens[:, :domain.act_dim] = TOKENIZER.tokens(acts.reshape(len(acts), domain.act_dim))
+            self.tokens[:, :domain.act_dim] = tokenizer.tokens(acts.reshape(len(acts), domain.act_dim))
         self.state_dim = state_dim
         first = np.flatnonzero(np.append(True, self.episode[1:] != self.episode[:-1]))
         self.episode_end = np.repeat(np.append(first[1:], len(self.episode)), np.diff(np.append(first,
                                                                                              len(self.episode))))
+        #: each step's index inside its episode
+        self.timestep = np.arange(len(self.episode)) - np.repeat(first, np.diff(np.append(first, len(self.episode))))
         #: every step may start a window (it is right-padded past its episode's end)
         self.starts = np.arange(len(self.episode))
         #: per task, the best episode return in its data (the rollouts' target return)
@@ -138,6 +141,7 @@ class DomainWindows:
                 "rtg": torch.as_tensor(self.rtg[index] / scale * valid, device=device),
                 "rewards": torch.as_tensor(self.rewards[index] / scale * valid, device=device),
                 "actions": torch.as_tensor(tokens, device=device),
+                "timesteps": torch.as_tensor(self.timestep[index] * valid, device=device),
                 "mask": torch.as_tensor(valid, device=device)}
 
 
@@ -274,8 +278,16 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
     def demonstrations(self) -> DemonstrationsConfig:
         return self.sections["dataset"]
 
+    #: how the windows tokenise continuous actions (the model's action vocabulary)
+    WINDOW_TOKENIZER: ClassVar[MinMaxTokenizer] = TOKENIZER
+
     def build_backbone(self) -> Backbone:
         raise NotImplementedError
+
+    def build_policy(self) -> nn.Module:
+        """The model, once the data fixed ``state_dim`` and ``max_act_dim``: an :class:`ActionModel` on the
+        subclass's backbone."""
+        return ActionModel(self.build_backbone(), self.cfg.d_model, self.state_dim, self.max_act_dim)
 
     def build_networks(self) -> dict[str, nn.Module]:
         ds = self.demonstrations
@@ -286,23 +298,22 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
         widths = [int(np.prod(tr.observations.shape[1:])) for trs in self.data_by_domain.values() for tr in trs]
         self.state_dim = self.cfg.state_dim or max(widths)
         self.max_act_dim = max(d.action_dims for d in self.envs.domains)
-        return {"policy": ActionModel(self.build_backbone(), self.cfg.d_model, self.state_dim, self.max_act_dim)}
+        return {"policy": self.build_policy()}
 
     policy: ActionModel
 
     def setup(self, networks: dict[str, nn.Module]) -> None:
         cfg = self.cfg
         policy = networks["policy"]
-        assert isinstance(policy, ActionModel)  # as build_networks made it
-        self.policy = policy
+        self.policy = policy  # type: ignore[assignment]  # build_policy's model
         decayed = {n: p.dim() >= 2 and "embed_ln" not in n for n, p in policy.named_parameters()}
         decay = [p for n, p in policy.named_parameters() if decayed[n]]
         rest = [p for n, p in policy.named_parameters() if not decayed[n]]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
         self.gen = np.random.default_rng(self.seed)
-        self.windows = [DomainWindows(d, self.data_by_domain[d.name], self.state_dim, self.max_act_dim)
-                        for d in self.envs.domains]
+        self.windows = [DomainWindows(d, self.data_by_domain[d.name], self.state_dim, self.max_act_dim,
+                                      self.WINDOW_TOKENIZER) for d in self.envs.domains]
         del self.data_by_domain
 
     def networks(self) -> dict[str, nn.Module]:

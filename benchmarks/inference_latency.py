@@ -16,12 +16,14 @@ model's state holds there (recurrent state, or the KV cache's valid columns). We
 
 The targets of the LRAM issue, printed at the end: xLSTM's latency at the longest history within 1.2x of its
 latency at the first checkpoint; at batch 16 and the longest history, xLSTM at least 5x faster per step than the
-KV-cached Transformer; and where the curves cross.
+KV-cached Transformer; and where the curves cross. A model whose state stops fitting memory (LRAM reports the
+KV-cached DT running out at batch 64 and 16k timesteps on its GPU) is dropped from that point and shown as OOM.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -37,6 +39,7 @@ from agents.backbones import Backbone, MambaBackbone, TransformerBackbone, XLSTM
 from configs import CONFIG_DIR, load_layers  # noqa: E402
 from envs.action_tasks import Domain  # noqa: E402
 from envs.gridworlds import N_ACTIONS, GridTasks, task_split  # noqa: E402
+from runners.train import out_of_memory  # noqa: E402
 
 ENV = "DarkRoom-10x10"
 
@@ -77,17 +80,28 @@ def run(batch: int, max_tokens: int, checkpoints: list[int], window: int) -> dic
     memory: dict[str, dict[int, int]] = {name: {} for name in nets}
     steps = max_tokens // TOKENS_PER_STEP
     marks = {c // TOKENS_PER_STEP: c for c in checkpoints}
+    out_of_memory_at: dict[str, int] = {}  # a model whose state stopped fitting: the tokens it had reached
     with torch.no_grad():
         for t in range(steps):
             for name, net in nets.items():
+                if name in out_of_memory_at:
+                    continue
                 env = envs[name]
                 if env.t >= env.horizon:
                     obs[name] = env.reset()
                 start = time.perf_counter()
-                logits, states[name] = net.act(states[name], torch.as_tensor(obs[name]), target)
-                actions = domain_actions(logits, domain).numpy()
-                obs[name], reward, _ = env.step(actions)
-                states[name] = net.observe(states[name], torch.as_tensor(reward) / 100.0)
+                try:
+                    logits, states[name] = net.act(states[name], torch.as_tensor(obs[name]), target)
+                    actions = domain_actions(logits, domain).numpy()
+                    obs[name], reward, _ = env.step(actions)
+                    states[name] = net.observe(states[name], torch.as_tensor(reward) / 100.0)
+                except (RuntimeError, MemoryError) as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    out_of_memory_at[name] = t * TOKENS_PER_STEP
+                    states[name] = None  # free it for the others
+                    print(f"  batch {batch}: {name} out of memory at {t * TOKENS_PER_STEP} tokens", file=sys.stderr)
+                    continue
                 times[name].append(time.perf_counter() - start)
                 if t in marks:
                     memory[name][marks[t]] = net.backbone.state_bytes(states[name])
@@ -97,8 +111,12 @@ def run(batch: int, max_tokens: int, checkpoints: list[int], window: int) -> dic
     for name in nets:
         out[name] = {}
         for step, tokens in marks.items():
-            sample = times[name][step:step + window] or times[name][-window:]
-            out[name][tokens] = (1000 * statistics.median(sample), memory[name].get(tokens, 0))
+            sample = times[name][step:step + window]
+            if name in out_of_memory_at and (len(sample) < window or tokens >= out_of_memory_at[name]):
+                out[name][tokens] = (math.nan, 0)  # NaN: the state did not fit (the tables print "OOM")
+            else:
+                out[name][tokens] = (1000 * statistics.median(sample or times[name][-window:]),
+                                     memory[name].get(tokens, 0))
     return out
 
 
@@ -120,7 +138,8 @@ def main() -> None:
         print(f"\nbatch {batch}: ms per environment step (3 tokens) / state memory, by tokens of history")
         print(f"{'model':<11}" + "".join(f"{c:>16}" for c in checkpoints))
         for name, row in results[batch].items():
-            print(f"{name:<11}" + "".join(f"{row[c][0]:>8.2f} {row[c][1] / 2**20:>6.1f}M" for c in checkpoints))
+            print(f"{name:<11}" + "".join(f"{'OOM':>16}" if math.isnan(row[c][0]) else
+                                          f"{row[c][0]:>8.2f} {row[c][1] / 2**20:>6.1f}M" for c in checkpoints))
     first, last = checkpoints[0], checkpoints[-1]
     print("\ntargets")
     for batch, res in results.items():

@@ -199,6 +199,16 @@ class ActionTasks(EvaluationTasks):
                                     h.episode.astype(np.int64), h.meta))
         return out
 
+    def horizon(self, domain: Domain) -> int:
+        """The longest episode of ``domain``'s evaluation (steps)."""
+        if domain.name == "metaworld":
+            from envs.metaworld import HORIZON
+            return HORIZON
+        if domain.name == "minatar":
+            return self.cfg.minatar_max_steps
+        from envs.gridworlds import get_spec
+        return get_spec(self.cfg.darkroom_env).horizon
+
     def batch(self, domain: Domain, tasks: list[str], seed: int) -> Any:
         """``tasks`` of ``domain`` (repeats allowed) stepping together, one episode each."""
         if domain.name == "metaworld":

@@ -237,7 +237,15 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
         payload_nbytes,
         remove_stale_temporaries,
     )
-    from runners.train import DEFAULT_TORCH_THREADS, Trainer, env_seed, resolve_device, seed_everything
+    from runners.train import (
+        DEFAULT_TORCH_THREADS,
+        Trainer,
+        env_seed,
+        memory_advice,
+        out_of_memory,
+        resolve_device,
+        seed_everything,
+    )
 
     run = sections["run"]
     cls = spec.load()
@@ -253,7 +261,12 @@ def start(run_dir: Path, spec: AgentSpec, suite: str, sections: dict[str, Any], 
     seed_everything(run.seed)
     envs = make_vec_env(suite, sections["env"], env_seed(run.seed))
     try:
-        agent = make_agent(spec, sections, envs, device, run.seed)
+        try:
+            agent = make_agent(spec, sections, envs, device, run.seed)
+        except (RuntimeError, MemoryError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise ConfigError(memory_advice(cls.section, sections[cls.section], device, exc)) from None
         diag = sections["diagnostics"]
         monitor = agent.attach_monitor(diag)
         if ckpt is not None:

@@ -77,6 +77,22 @@ class RunConfig:
     eval_episodes: int = param("Episodes per task of each evaluation (--eval-episodes)", min=1)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that did not fit: torch's (CUDA or the CPU allocator's) or NumPy's."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or \
+        (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def memory_advice(section: str, cfg: Any, device: Any, exc: BaseException) -> str:
+    """The one-line message for an out-of-memory error: what did not fit and which of the agent's settings (its
+    config section ``cfg``) to lower."""
+    sizes = [f"{section}.{name}={getattr(cfg, name)}" for name in ("batch_size", "context", "num_envs", "d_model")
+             if hasattr(cfg, name)]
+    what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"out of {device} memory ({what[:120]}); lower the sizes"
+            + (f" ({', '.join(sizes)})" if sizes else "") + " with --set")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -281,6 +297,12 @@ class Trainer:
                                         f"({self.ckpt_dir / 'latest.pt'})")
         except WriteError as exc:
             status, reason = "failed", f"{exc}; {self.resume_hint()}"
+        except (RuntimeError, MemoryError) as exc:
+            if not out_of_memory(exc):
+                raise
+            advice = memory_advice(agent.section, agent.cfg, agent.device, exc)
+            status, reason = "failed", (f"{advice} at step {agent.env_steps}; the last good checkpoint is kept "
+                                        f"({self.ckpt_dir / 'latest.pt'})")
         finally:
             bar.close()
             try:

@@ -154,6 +154,7 @@ def test_windows_pad_past_the_episode_end_and_scale_returns():
     assert (b["actions"][0, :2, 2] == -100).all() and (b["actions"][0, 2:] == -100).all()
     assert (b["actions"][0, :2, :2] >= N_DISCRETE).all()
     assert w.best_return == {"t": float(5 + 6 + 7)}
+    assert b["timesteps"].tolist() == [[1, 2, 0, 0]]  # the steps' indices in their episode, 0 where padded
 
 
 @pytest.mark.parametrize("name", ["xlstm_7_1", "mamba", "transformer"])
@@ -407,3 +408,32 @@ def test_the_runner_trains_on_minatar_and_logs_the_memory_norms(tmp_path, minata
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert "eval/minatar/return" in header and "losses/action_ce/minatar" in header
     assert "eval/minatar/memory/block_0/C_log_norm" in header and "eval/darkroom/memory/block_1/n_log_norm" in header
+
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+           "allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("where,error", [("update", RuntimeError(CPU_OOM)),
+                                         ("build_networks", MemoryError("Unable to allocate 7.28 TiB"))])
+def test_a_batch_or_model_that_does_not_fit_memory_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, where,
+                                                                          error):
+    from agents.action_model import ActionModelAgent
+    from runners.cli import main
+    from runners.offline import translate
+
+    def no_room(self, *args, **kwargs):
+        raise error
+    monkeypatch.setattr(ActionModelAgent, where, no_room)
+    args = tiny(tmp_path, "lram", "--run-name=oom")
+    args[1] = "--datasets=darkroom"
+    assert main("offline", translate(args)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if line.startswith("error:")]) == 1, err
+    assert "out of cpu memory" in err[-1] and "lram.batch_size=2" in err[-1] and "lram.context=4" in err[-1]
+    run_dir = tmp_path / "offline" / "oom"
+    if where == "update":  # the run had started: its initial checkpoint is kept, the summary says why it stopped
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+        assert (run_dir / "checkpoints" / "latest.pt").exists()
+    else:  # nothing was written
+        assert not run_dir.exists()

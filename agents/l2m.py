@@ -1,0 +1,180 @@
+"""L2M's pre-trained model: a multi-task Decision Transformer with one token per action dimension (Schmied et al.
+2023, "Learning to Modulate pre-trained Models in RL"; official code github ``ml-jku/L2M``,
+``src/algos/models/multi_domain_discrete_dt_model.py``; ``../shared/papers/l2m.md``), and the agent that
+pre-trains it on Meta-World demonstrations (``--agent=mtdt`` of ``runners.offline``).
+
+Read top to bottom:
+
+1. :class:`MultiTaskDT`. Per timestep the tokens (state, return-to-go, a_1 .. a_A, reward): the state zero-padded
+   to a common width then ``Linear``; return-to-go and reward ``Linear(1, d)`` of the values divided by the
+   domain's reward scale (Meta-World 200); every action dimension a token of one embedding table shared by the
+   dimensions (64 min-max bins over [-1, 1], no offset: :data:`DT_TOKENIZER`; row 64 is the padding of empty
+   timesteps); a timestep embedding added to every token of its step; one LayerNorm over all tokens; a GPT-2
+   :class:`agents.transformer.CausalTransformer` without token positions (L2M's ``position_ids`` are all zero:
+   a constant); one head ``Linear(d, 64)``. Action dimension j is read at the token before it: a_1 at the
+   return-to-go token, a_j at a_(j-1)'s token, so the dimensions are predicted autoregressively; training feeds
+   the data's tokens (teacher forcing) and rollouts decode one dimension per forward pass, greedily.
+   Context 5 timesteps (L2M: ``max_length: 5``); rollouts re-run the last ``context`` timesteps every step.
+2. :class:`MultiTaskDTAgent` (``mtdt``): the action models' behaviour cloning (:class:`agents.action_model
+   .ActionModelAgent`: AdamW, warm-up and cosine decay, clipping, cross-entropy over valid action dimensions,
+   per-task evaluation) with this model and its tokens. It is the pre-training stage of L2M and of its
+   continual-learning baselines.
+
+The model accepts a :class:`agents.modulation.Modulation` and a :class:`agents.modulation.KeyPool`
+(:meth:`MultiTaskDT.modulate`): the pool chooses each input's slot from the query (the masked mean of its embedded
+state tokens), the modulation changes the frozen blocks accordingly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from agents.action_model import ActionModelAgent, ActionModelConfig, DomainWindows, MinMaxTokenizer
+from agents.modulation import KeyPool, Modulation, masked_mean
+from agents.transformer import CausalTransformer, TransformerConfig
+from configs import ConfigError, param
+
+N_BINS = 64  # L2M: action_channels 64 (min-max bins over [-1, 1])
+DT_TOKENIZER = MinMaxTokenizer(bins=N_BINS, offset=0)
+PAD = N_BINS  # the action token of padded timesteps (L2M: nn.Embedding(65, d, padding_idx=64))
+
+
+class MultiTaskDT(nn.Module):
+    """(state, rtg, a_1..a_A, reward) tokens per timestep -> logits of every action dimension (B, T, A, 64)."""
+
+    def __init__(self, state_dim: int, act_dim: int, d_model: int, n_layer: int, n_head: int, context: int,
+                 horizon: int, dropout: float = 0.1):
+        super().__init__()
+        self.state_dim, self.act_dim, self.context = state_dim, act_dim, context
+        self.tokens_per_step = act_dim + 3
+        self.embed_state = nn.Linear(state_dim, d_model)
+        self.embed_rtg = nn.Linear(1, d_model)
+        self.embed_action = nn.Embedding(N_BINS + 1, d_model, padding_idx=PAD)
+        self.embed_reward = nn.Linear(1, d_model)
+        self.embed_time = nn.Embedding(horizon + 1, d_model)
+        self.embed_ln = nn.LayerNorm(d_model)
+        self.backbone = CausalTransformer(TransformerConfig(
+            n_layer=n_layer, d_model=d_model, n_head=n_head, max_tokens=context * self.tokens_per_step,
+            embd_dropout=dropout, attn_dropout=dropout, resid_dropout=dropout, positions="none"))
+        self.head = nn.Linear(d_model, N_BINS)
+        self.modulation: Modulation | None = None
+        self.pool: KeyPool | None = None
+
+    def modulate(self, modulation: Modulation, pool: KeyPool | None = None) -> None:
+        """Route the blocks through ``modulation``; with ``pool``, each input's slot is its selected key."""
+        if pool is not None and len(pool.keys) != modulation.slots:
+            raise ValueError(f"a pool of {len(pool.keys)} keys needs a modulation of as many slots, "
+                             f"not {modulation.slots}")
+        modulation.attach(self.backbone)
+        self.modulation, self.pool = modulation, pool
+
+    def embed(self, states: Tensor, rtg: Tensor, actions: Tensor, rewards: Tensor, timesteps: Tensor) -> Tensor:
+        """(B, T, ...) -> (B, T, tokens_per_step, d) token embeddings, before the LayerNorm. ``actions``: tokens
+        (B, T, A) with -100 (or :data:`PAD`) where there is none."""
+        t = self.embed_time(timesteps)
+        a = self.embed_action(torch.where(actions < 0, PAD, actions))
+        return torch.cat([(self.embed_state(states) + t)[:, :, None], (self.embed_rtg(rtg[..., None]) + t)[:, :, None],
+                          a + t[:, :, None], (self.embed_reward(rewards[..., None]) + t)[:, :, None]], dim=2)
+
+    def forward(self, states: Tensor, rtg: Tensor, rewards: Tensor, actions: Tensor, timesteps: Tensor,
+                mask: Tensor, slots: Tensor | None = None, **_: Any) -> Tensor:
+        """Training windows -> logits (B, T, A, 64). With a pool, the slots come from it (:attr:`pull` keeps the
+        mean cosine of the queries to their keys); ``slots`` (B,) chooses them instead (e.g. the task id)."""
+        b, t = states.shape[:2]
+        x = self.embed_ln(self.embed(states, rtg, actions, rewards, timesteps))  # (B, T, K, d)
+        self.pull: Tensor | None = None
+        if self.modulation is not None:
+            if slots is None:
+                if self.pool is None:
+                    raise ValueError("a modulation without a pool needs the slot of every sample")
+                slots, self.pull = self.pool.select(masked_mean(x[:, :, 0], mask))
+            self.modulation.select(slots)
+        tokens = x.flatten(1, 2)
+        h = self.backbone(tokens, mask[:, :, None].expand(b, t, self.tokens_per_step).flatten(1))
+        # a_1 from the return-to-go token (index 1), a_j from a_(j-1) (index j): tokens 1 .. A of each step
+        return self.head(h.unflatten(1, (t, self.tokens_per_step))[:, :, 1:1 + self.act_dim])
+
+    @torch.no_grad()
+    def act(self, states: Tensor, rtg: Tensor, rewards: Tensor, actions: Tensor, timesteps: Tensor,
+            mask: Tensor, act_dim: int, slots: Tensor | None = None) -> Tensor:
+        """Greedy action tokens (B, act_dim) of each window's last valid timestep, one dimension per pass: the
+        window's actions at that step are decoded in order, each fed back as the next pass's input (L2M's
+        ``get_action_pred``). Windows are right-aligned: the last column is the current step."""
+        actions = actions.clone()
+        actions[:, -1] = PAD
+        for j in range(act_dim):
+            logits = self(states, rtg, rewards, actions, timesteps, mask, slots)
+            actions[:, -1, j] = logits[:, -1, j].argmax(-1)
+        return actions[:, -1, :act_dim]
+
+
+@dataclass
+class MultiTaskDTConfig(ActionModelConfig):
+    n_layer: int = param("Transformer blocks", min=1)
+    n_head: int = param("Attention heads (must divide d_model)", min=1)
+    dropout: float = param("Dropout on embeddings, attention and residual branches", min=0.0, max=1.0)
+
+
+class MultiTaskDTAgent(ActionModelAgent):
+    """Behaviour cloning of :class:`MultiTaskDT` on continuous-action domains (Meta-World)."""
+    section: ClassVar[str] = "mtdt"
+    config_class = MultiTaskDTConfig
+    cfg: MultiTaskDTConfig
+    WINDOW_TOKENIZER = DT_TOKENIZER
+    policy: MultiTaskDT  # type: ignore[assignment]
+
+    def build_policy(self) -> nn.Module:
+        discrete = [d.name for d in self.envs.domains if d.discrete]
+        if discrete:
+            raise ConfigError(f"the {self.section} agent models continuous actions only (one token per dimension); "
+                              f"{', '.join(discrete)} is discrete: use --datasets=metaworld")
+        c = self.cfg
+        if c.rollout_context != "window":
+            raise ConfigError(f"{self.section}.rollout_context={c.rollout_context}: this model re-runs the last "
+                              "`context` timesteps every step (window) and carries no state")
+        horizon = max(self.envs.horizon(d) for d in self.envs.domains)
+        return MultiTaskDT(self.state_dim, self.max_act_dim, c.d_model, c.n_layer, c.n_head, c.context, horizon,
+                           c.dropout)
+
+    @torch.no_grad()
+    def rollout(self, windows: DomainWindows, tasks: list[str], seed: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+        """One greedy episode per entry of ``tasks`` in lockstep, the last ``context`` timesteps re-run each step."""
+        domain, policy, k, device = windows.domain, self.policy, self.cfg.context, self.device
+        env = self.envs.batch(domain, tasks, seed)
+        try:
+            n, a = len(tasks), self.max_act_dim
+            obs = env.reset()
+            target = torch.tensor([windows.best_return[t] for t in tasks], device=device) / domain.reward_scale
+            hist = {"states": torch.zeros(n, 0, self.state_dim, device=device), "rtg": torch.zeros(n, 0, device=device),
+                    "rewards": torch.zeros(n, 0, device=device),
+                    "actions": torch.zeros(n, 0, a, dtype=torch.long, device=device),
+                    "timesteps": torch.zeros(n, 0, dtype=torch.long, device=device)}
+            returns = np.zeros(n)
+            success, success_any = np.zeros(n, bool), np.zeros(n, bool)
+            for t in range(env.horizon):
+                if env.done.all():
+                    break
+                state = torch.zeros(n, 1, self.state_dim, device=device)
+                flat = torch.as_tensor(obs.reshape(n, -1), dtype=torch.float32, device=device)
+                state[:, 0, :flat.shape[1]] = flat
+                step = {"states": state, "rtg": target[:, None], "rewards": torch.zeros(n, 1, device=device),
+                        "actions": torch.full((n, 1, a), PAD, dtype=torch.long, device=device),
+                        "timesteps": torch.full((n, 1), t, dtype=torch.long, device=device)}
+                hist = {key: torch.cat([hist[key], step[key]], dim=1)[:, -k:] for key in hist}
+                mask = torch.ones(hist["rtg"].shape, dtype=torch.bool, device=device)
+                tokens = policy.act(**hist, mask=mask, act_dim=domain.act_dim)
+                hist["actions"][:, -1, :domain.act_dim] = tokens
+                obs, reward, success = env.step(DT_TOKENIZER.values(tokens).cpu().numpy())
+                r = torch.as_tensor(reward, dtype=torch.float32, device=device) / domain.reward_scale
+                hist["rewards"][:, -1] = r
+                target = target - r
+                returns += reward
+                success_any |= success
+        finally:
+            env.close()
+        return returns, success, success_any, {}

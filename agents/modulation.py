@@ -1,0 +1,214 @@
+"""Modulations of a frozen transformer and L2M's pool of keys that selects one per input (Schmied et al. 2023,
+"Learning to Modulate pre-trained Models in RL"; official code github ``ml-jku/L2M``; ``../shared/papers/l2m.md``).
+
+Read top to bottom:
+
+1. :class:`Modulation`: ``slots`` independent changes of every block of a
+   :class:`agents.transformer.CausalTransformer`, one chosen per sample by :meth:`Modulation.select` before
+   each forward. :meth:`Modulation.attach` swaps the blocks' modules for thin wrappers that ask the
+   modulation (the frozen weights stay where they were):
+   ``attn.qkv`` (query, key and value in one ``Linear``), ``mlp.fc`` (the feed-forward up-projection) and
+   ``mlp.act`` (its activation).
+
+   * :class:`LoRA`: per slot and layer, low-rank updates ``(alpha / r) x A B`` of the query, the value and the
+     feed-forward up-projection (L2M-LoRA: rank 8, alpha = 2 r, so the scaling is 2; A Kaiming-uniform, B zero,
+     so a new LoRA leaves the model unchanged). The official code puts its feed-forward update on the output of
+     the up-projection (a 4d -> 4d low-rank map, ``MLPIA3`` in ``multiprompt_decision_transformer_model.py``);
+     here it is the standard LoRA of the up-projection's weight (d -> 4d), as the paper and the issue describe it.
+   * :class:`IA3`: per slot and layer, vectors that scale the key, the value and the feed-forward activation
+     (L2M-(IA)^3, ``ia3.py``), initialised to ones (the model unchanged).
+
+   One slot serves every sample (the shared-LoRA baseline), one slot per task (the oracle, given the task id), or
+   one slot per key of the pool (L2M).
+2. :class:`KeyPool`: L2M's keys (``pool_size`` vectors in the embedding width, U(-1, 1)); the query of an input is
+   the masked mean of its embedded state tokens at the input layer; similarity is the cosine; from the second
+   task on, while training, the similarities are reweighted by the normalised inverse usage counts of the keys
+   (``((cos + 1) / 2) * w``, ``w`` proportional to ``1 / (count + 1e-6)``, fixed within a task) so that a new task
+   prefers keys little used before; top-1 selection. Counts are a running mean over training batches of each
+   key's share of the batch (``l2p.py``'s ``counts += (c - counts) / n``, never reset). The pull term of the loss
+   is the mean cosine between each query and its selected key (``reduce_sim``; the loss subtracts 0.5 x it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------
+# 1. Modulations
+# ---------------------------------------------------------------------------------------
+
+
+class Modulation(nn.Module):
+    """``slots`` changes of each of ``n_layer`` blocks; :meth:`select` says which one each sample uses."""
+
+    def __init__(self, slots: int, n_layer: int, d_model: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.slots, self.n_layer, self.d_model, self.d_ff = slots, n_layer, d_model, mlp_ratio * d_model
+        self.selected: Tensor | None = None
+
+    def select(self, slots: Tensor) -> None:
+        """The slot of every sample of the next forward passes, (B,) long."""
+        if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= self.slots):
+            raise ValueError(f"slots must lie in 0..{self.slots - 1}, got {slots.tolist()}")
+        self.selected = slots
+
+    def _slots(self, x: Tensor) -> Tensor:
+        if self.selected is None or len(self.selected) != len(x):
+            raise RuntimeError("Modulation.select(slots) with one slot per sample must come before the forward")
+        return self.selected
+
+    def attach(self, transformer: nn.Module) -> None:
+        """Route ``transformer``'s blocks (``blocks.<i>.attn.qkv``, ``mlp.fc``, ``mlp.act``) through this."""
+        blocks = list(transformer.blocks)  # type: ignore[arg-type]
+        if len(blocks) != self.n_layer:
+            raise ValueError(f"a modulation of {self.n_layer} layers cannot attach to {len(blocks)} blocks")
+        for i, block in enumerate(blocks):
+            block.attn.qkv = _Routed(block.attn.qkv, self, i, "qkv")
+            block.mlp.fc = _Routed(block.mlp.fc, self, i, "fc")
+            block.mlp.act = _Routed(block.mlp.act, self, i, "act")
+
+    # what a modulation changes; by default nothing
+    def qkv(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        return out
+
+    def fc(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        return out
+
+    def act(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        return out
+
+
+class _Routed(nn.Module):
+    """A frozen module whose output the modulation changes (the module keeps its name: ``<name>.base``)."""
+
+    def __init__(self, base: nn.Module, modulation: Modulation, layer: int, kind: str):
+        super().__init__()
+        self.base = base
+        self._modulation = [modulation]  # a list: not registered as a submodule of every block
+        self.layer, self.kind = layer, kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        modulation = self._modulation[0]
+        return getattr(modulation, self.kind)(self.layer, x, self.base(x))
+
+
+def _low_rank(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per sample its own low-rank map: x (B, T, i), a (B, i, r), b (B, r, o) -> (B, T, o)."""
+    return torch.einsum("btr,bro->bto", torch.einsum("bti,bir->btr", x, a), b)
+
+
+class LoRA(Modulation):
+    """Low-rank updates of the query, the value and the feed-forward up-projection, per slot and layer."""
+
+    def __init__(self, slots: int, n_layer: int, d_model: int, rank: int = 8, alpha: float | None = None,
+                 mlp_ratio: int = 4):
+        super().__init__(slots, n_layer, d_model, mlp_ratio)
+        self.rank = rank
+        self.scaling = (2.0 * rank if alpha is None else alpha) / rank  # L2M: lora_alpha = 2 * rank
+        d, f = d_model, self.d_ff
+        self.a_q, self.b_q = self._pair(d, d)
+        self.a_v, self.b_v = self._pair(d, d)
+        self.a_fc, self.b_fc = self._pair(d, f)
+
+    def _pair(self, fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn.Parameter]:
+        a = torch.empty(self.slots, self.n_layer, fan_in, self.rank)
+        for s in range(self.slots):  # Kaiming-uniform per matrix, as nn.Linear / loralib (a = sqrt(5))
+            for layer in range(self.n_layer):
+                nn.init.kaiming_uniform_(a[s, layer].T, a=math.sqrt(5))
+        return nn.Parameter(a), nn.Parameter(torch.zeros(self.slots, self.n_layer, self.rank, fan_out))
+
+    def qkv(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        s = self._slots(x)
+        dq = _low_rank(x, self.a_q[s, layer], self.b_q[s, layer]) * self.scaling
+        dv = _low_rank(x, self.a_v[s, layer], self.b_v[s, layer]) * self.scaling
+        return out + torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
+
+    def fc(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        s = self._slots(x)
+        return out + _low_rank(x, self.a_fc[s, layer], self.b_fc[s, layer]) * self.scaling
+
+
+class IA3(Modulation):
+    """(IA)^3: learned scales of the key, the value and the feed-forward activation, per slot and layer."""
+
+    def __init__(self, slots: int, n_layer: int, d_model: int, mlp_ratio: int = 4):
+        super().__init__(slots, n_layer, d_model, mlp_ratio)
+        self.l_k = nn.Parameter(torch.ones(slots, n_layer, d_model))
+        self.l_v = nn.Parameter(torch.ones(slots, n_layer, d_model))
+        self.l_ff = nn.Parameter(torch.ones(slots, n_layer, self.d_ff))
+
+    def qkv(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        s = self._slots(x)
+        scale = torch.cat([torch.ones_like(self.l_k[s, layer]), self.l_k[s, layer], self.l_v[s, layer]], dim=-1)
+        return out * scale[:, None, :]
+
+    def act(self, layer: int, x: Tensor, out: Tensor) -> Tensor:
+        return out * self.l_ff[self._slots(x), layer][:, None, :]
+
+
+MODULATIONS = {"lora": LoRA, "ia3": IA3}
+
+
+def make_modulation(kind: str, slots: int, n_layer: int, d_model: int, rank: int, **kwargs: Any) -> Modulation:
+    """``lora`` (with ``rank``) or ``ia3``."""
+    if kind == "lora":
+        return LoRA(slots, n_layer, d_model, rank, **kwargs)
+    if kind == "ia3":
+        return IA3(slots, n_layer, d_model, **kwargs)
+    raise ValueError(f"unknown modulation {kind!r}; valid: {', '.join(MODULATIONS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# 2. L2M's pool of keys
+# ---------------------------------------------------------------------------------------
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over axis 1 of x (B, T, D) where mask (B, T) is True; an all-False row gives 0."""
+    w = mask.to(x.dtype)[..., None]
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def penalised_similarity(cos: Tensor, counts: Tensor) -> Tensor:
+    """L2M's usage penalty: ``((cos + 1) / 2) * w`` with ``w = (1 / (counts + 1e-6))`` normalised to sum 1."""
+    inverse = 1.0 / (counts + 1e-6)
+    return (cos + 1.0) / 2.0 * (inverse / inverse.sum())
+
+
+class KeyPool(nn.Module):
+    """``pool_size`` keys in the embedding width; each input selects the one nearest its query (top-1)."""
+
+    def __init__(self, pool_size: int, d_model: int):
+        super().__init__()
+        self.keys = nn.Parameter(torch.empty(pool_size, d_model).uniform_(-1.0, 1.0))
+        self.register_buffer("counts", torch.zeros(pool_size))  # running mean of each key's share of a batch
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+        self.register_buffer("task_counts", torch.zeros(pool_size))  # the counts when the current task began
+        self.register_buffer("task", torch.zeros((), dtype=torch.long))
+
+    def start_task(self, task: int) -> None:
+        """A new task: the usage penalty (from task 1 on) uses the counts of the tasks before it."""
+        self.task.fill_(task)
+        self.task_counts.copy_(self.counts)
+
+    def cosine(self, query: Tensor) -> Tensor:
+        """(B, D) queries -> (B, pool_size) cosine similarities (fp32)."""
+        return F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
+
+    def select(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """(selected key per input (B,), the pull term: mean cosine of each query with its key). While
+        training, the usage penalty applies from task 1 on and the counts are updated."""
+        cos = self.cosine(query)
+        score = cos
+        if self.training and int(self.task) > 0 and int(self.batches) > 0:
+            score = penalised_similarity(cos, self.task_counts)
+        chosen = score.argmax(dim=-1)
+        if self.training:
+            share = torch.bincount(chosen, minlength=len(self.keys)).float() / len(chosen)
+            self.batches += 1
+            self.counts += (share - self.counts) / self.batches
+        return chosen, cos.gather(1, chosen[:, None]).mean()
