@@ -182,6 +182,11 @@ def penalised_similarity(cos: Tensor, counts: Tensor) -> Tensor:
 class KeyPool(nn.Module):
     """``pool_size`` keys in the embedding width; each input selects the one nearest its query (top-1)."""
 
+    counts: Tensor
+    batches: Tensor
+    task_counts: Tensor
+    task: Tensor
+
     def __init__(self, pool_size: int, d_model: int):
         super().__init__()
         self.keys = nn.Parameter(torch.empty(pool_size, d_model).uniform_(-1.0, 1.0))
@@ -204,11 +209,11 @@ class KeyPool(nn.Module):
         training, the usage penalty applies from task 1 on and the counts are updated."""
         cos = self.cosine(query)
         score = cos
-        if self.training and int(self.task) > 0 and int(self.batches) > 0:
+        if self.training and int(self.task) > 0 and int(self.batches) > 0:  # L2M: from task 1 on
             score = penalised_similarity(cos, self.task_counts)
         chosen = score.argmax(dim=-1)
         if self.training:
             share = torch.bincount(chosen, minlength=len(self.keys)).float() / len(chosen)
-            self.batches += 1
-            self.counts += (share - self.counts) / self.batches
+            self.batches.add_(1)
+            self.counts.add_((share - self.counts) / self.batches)
         return chosen, cos.gather(1, chosen[:, None]).mean()
