@@ -97,6 +97,19 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
     AgentSpec("mtdt", "agents.l2m:MultiTaskDTAgent", "mtdt",
               "L2M's pre-trained multi-task Decision Transformer (one token per action dimension)",
               suites=("offline",)),
+    AgentSpec("l2m", "agents.continual:L2M", "l2m",
+              "L2M (Schmied et al. 2023): a pool of keys, each with a LoRA of the frozen pre-trained DT",
+              suites=("continual",)),
+    AgentSpec("ft", "agents.continual:ContinualAgent", "ft", "full fine-tuning, task after task",
+              suites=("continual",)),
+    AgentSpec("ewc", "agents.continual:EWC", "ewc", "fine-tuning with Elastic Weight Consolidation (lambda 400)",
+              suites=("continual",)),
+    AgentSpec("lora", "agents.continual:SharedLoRA", "lora", "one LoRA of the frozen DT shared by every task",
+              suites=("continual",)),
+    AgentSpec("lora_oracle", "agents.continual:OracleLoRA", "lora_oracle",
+              "one LoRA per task, chosen by the task id (the upper bound)", suites=("continual",)),
+    AgentSpec("multitask", "agents.continual:MultiTask", "multitask",
+              "fine-tuning on all tasks of the sequence at once (the reference)", suites=("continual",)),
 ]}
 
 

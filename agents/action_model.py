@@ -128,8 +128,10 @@ class DomainWindows:
         #: per task, the best episode return in its data (the rollouts' target return)
         self.best_return = {tr.task: float(tr.episode_returns().max()) for tr in trajectories}
 
-    def sample(self, batch: int, context: int, gen: np.random.Generator, device: torch.device) -> dict[str, Tensor]:
-        starts = gen.choice(self.starts, batch)
+    def sample(self, batch: int, context: int, gen: np.random.Generator, device: torch.device,
+               starts: np.ndarray | None = None) -> dict[str, Tensor]:
+        """``batch`` windows of ``context`` timesteps starting at rows drawn from ``starts`` (default: any step)."""
+        starts = gen.choice(self.starts if starts is None else starts, batch)
         index = starts[:, None] + np.arange(context)[None]
         valid = index < self.episode_end[starts][:, None]
         index = np.where(valid, index, starts[:, None])  # padding: any in-range row, masked below
@@ -271,7 +273,7 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
 
     section: ClassVar[str]
     SECTIONS = {"dataset": DemonstrationsConfig}
-    STATE_KEYS = ("gen",)
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ("gen",)
     envs: ActionTasks  # type: ignore[assignment]
 
     @property
@@ -306,9 +308,12 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
         cfg = self.cfg
         policy = networks["policy"]
         self.policy = policy  # type: ignore[assignment]  # build_policy's model
-        decayed = {n: p.dim() >= 2 and "embed_ln" not in n for n, p in policy.named_parameters()}
-        decay = [p for n, p in policy.named_parameters() if decayed[n]]
-        rest = [p for n, p in policy.named_parameters() if not decayed[n]]
+        trainable = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+        # decay on matrices only: not on biases, norms, keys and modulations (raw Parameters, as the official code)
+        decayed = {n: p.dim() >= 2 and "embed_ln" not in n and not n.startswith(("modulation.", "pool."))
+                   for n, p in trainable}
+        decay = [p for n, p in trainable if decayed[n]]
+        rest = [p for n, p in trainable if not decayed[n]]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
         self.gen = np.random.default_rng(self.seed)
@@ -325,22 +330,33 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.policy.backbone.parameters())
 
+    def training_batch(self) -> tuple[str, dict[str, Tensor]]:
+        """This update's batch and the name its loss is logged under: the domains take turns."""
+        windows = self.windows[self.env_steps % len(self.windows)]
+        return windows.domain.name, windows.sample(self.cfg.batch_size, self.cfg.context, self.gen, self.device)
+
+    def regularisers(self) -> dict[str, Tensor]:
+        """Terms added to the cross-entropy (logged as ``losses/<name>``); none here."""
+        return {}
+
     def update(self) -> dict[str, float]:
         cfg = self.cfg
         lr = self.set_lr()
-        windows = self.windows[self.env_steps % len(self.windows)]  # the domains take turns
-        batch = windows.sample(cfg.batch_size, cfg.context, self.gen, self.device)
+        name, batch = self.training_batch()
         with self.autocast():
             logits = self.policy(**batch)
         ce, accuracy = action_loss(logits, batch["actions"])
-        check_finite("action loss", ce)
+        extra = self.regularisers()
+        loss = ce + sum(extra.values()) if extra else ce
+        check_finite("action loss", loss)
         self.opt.zero_grad(set_to_none=True)
-        ce.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip or float("inf"))
+        loss.backward()
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        grad_norm = nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
         self.opt.step()
         self.last_batch = batch
-        name = windows.domain.name
         return {"losses/action_ce": float(ce.detach()), f"losses/action_ce/{name}": float(ce.detach()),
+                **{f"losses/{k}": float(v.detach()) for k, v in extra.items()},
                 "losses/action_accuracy": float(accuracy), "losses/grad_norm": float(grad_norm), "charts/lr": lr}
 
     def diagnostic_loss(self) -> Tensor:

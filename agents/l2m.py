@@ -140,11 +140,16 @@ class MultiTaskDTAgent(ActionModelAgent):
         return MultiTaskDT(self.state_dim, self.max_act_dim, c.d_model, c.n_layer, c.n_head, c.context, horizon,
                            c.dropout)
 
+    def slots_for(self, tasks: list[str]) -> Tensor | None:
+        """The modulation slot of each input of ``tasks`` (None: no modulation, or its pool chooses)."""
+        return None
+
     @torch.no_grad()
     def rollout(self, windows: DomainWindows, tasks: list[str], seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
         """One greedy episode per entry of ``tasks`` in lockstep, the last ``context`` timesteps re-run each step."""
-        domain, policy, k, device = windows.domain, self.policy, self.cfg.context, self.device
+        domain, policy, k, device = windows.domain, self.policy, self.policy.context, self.device
+        slots = self.slots_for(tasks)
         env = self.envs.batch(domain, tasks, seed)
         try:
             n, a = len(tasks), self.max_act_dim
@@ -167,7 +172,7 @@ class MultiTaskDTAgent(ActionModelAgent):
                         "timesteps": torch.full((n, 1), t, dtype=torch.long, device=device)}
                 hist = {key: torch.cat([hist[key], step[key]], dim=1)[:, -k:] for key in hist}
                 mask = torch.ones(hist["rtg"].shape, dtype=torch.bool, device=device)
-                tokens = policy.act(**hist, mask=mask, act_dim=domain.act_dim)
+                tokens = policy.act(**hist, mask=mask, act_dim=domain.act_dim, slots=slots)
                 hist["actions"][:, -1, :domain.act_dim] = tokens
                 obs, reward, success = env.step(DT_TOKENIZER.values(tokens).cpu().numpy())
                 r = torch.as_tensor(reward, dtype=torch.float32, device=device) / domain.reward_scale

@@ -297,3 +297,19 @@ register(Suite("offline", "multi-domain action models trained offline on demonst
                "envs.action_tasks:ActionTasksConfig", _dataset_ids, _make_offline, default_agent="lram",
                id_kind="dataset combination", ids_name="combinations", alias=_canonical_datasets, rl=False,
                budget="updates"))
+
+
+def _make_continual(cfg, env_id: str, seed: int):
+    from envs.continual import ContinualTasks
+    cfg.id = env_id
+    return ContinualTasks(cfg, seed)
+
+
+def _continual_ids() -> list[str]:
+    from envs.continual import BENCHMARKS
+    return list(BENCHMARKS)
+
+
+register(Suite("continual", "continual offline fine-tuning of a pre-trained multi-task DT on Continual World's "
+               "sequence (L2M)", "envs.continual:ContinualConfig", _continual_ids, _make_continual,
+               default_agent="l2m", id_kind="benchmark", ids_name="benchmarks", rl=False, budget="updates"))

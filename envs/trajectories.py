@@ -166,23 +166,16 @@ def _metaworld_episodes(task: str, seed: int, settings: MetaWorldSettings, progr
 def minatar_source(root: Path, game: str, settings: MinAtarSettings, seed: int, progress: bool) -> Path:
     """The run directory of the policy MinAtar demonstrations of ``game`` come from when none is given: trained
     here on demand (``runners.minatar``, the full action set), resumed if it was cut short, reused once done."""
-    from runners.cli import main as run_suite
-    from runners.rundir import run_progress
-    folder = Path(root).absolute() / "minatar" / ".agents"
-    run_dir = folder / f"{game}-{settings.agent}-{settings.budget}-s{seed}"
-    state = run_progress(run_dir)
-    if state == "completed":
-        return run_dir
-    quiet = [] if progress else ["--no-progress"]
-    if state == "resume":
-        code = run_suite("minatar", ["--resume", str(run_dir), *quiet])
-    else:
+    from runners.rundir import train_or_reuse
+    run_dir = Path(root).absolute() / "minatar" / ".agents" / f"{game}-{settings.agent}-{settings.budget}-s{seed}"
+    if not (run_dir / "summary.json").exists():
         print(f"training the {settings.agent} policy of the MinAtar {game} demonstrations ({settings.budget} steps) "
               f"in {run_dir}", file=sys.stderr)
-        code = run_suite("minatar", [f"--agent={settings.agent}", f"--env={game}", f"--total-steps={settings.budget}",
-                                     f"--seed={seed}", f"--results-dir={folder.parent}", "--experiment=.agents",
-                                     f"--run-name={run_dir.name}", "--set", "env.full_action_space=true", *quiet])
-    if code != 0:
+    code = train_or_reuse("minatar", run_dir, [f"--agent={settings.agent}", f"--env={game}",
+                                               f"--total-steps={settings.budget}", f"--seed={seed}",
+                                               "--set", "env.full_action_space=true"],
+                          [] if progress else ["--no-progress"], "MinAtar source policy")
+    if isinstance(code, int):
         raise ConfigError(f"training the MinAtar {game} source policy failed (exit {code}); see {run_dir}")
     return run_dir
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from agents.finetune import METHODS
 from envs.forgetting import TESTBEDS
 from runners.cli import main as run_suite
-from runners.rundir import run_progress
+from runners.rundir import add_pretraining_flags, train_or_reuse
 
 #: PPO on the NearFar far part reaches a mean return of 0.97 by 80k steps (seed 1, 2 cores; the default budget's
 #: margin covers other seeds)
@@ -30,11 +30,7 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="Other flags go to python -m runners.minigrid --agent=ppo_finetune.")
     p.add_argument("--env", default="NearFar", help=f"testbed: {', '.join(TESTBEDS)} (default NearFar)")
     p.add_argument("--method", default="ft", help=f"retention method: {', '.join(METHODS)} (default ft)")
-    p.add_argument("--pretrained", metavar="RUN_DIR", help="the pre-trained run (default: pre-train on demand)")
-    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
-                   help=f"budget of an on-demand pre-training run (default {PRETRAIN_STEPS:,})")
-    p.add_argument("--seed", default="1", help="seed of the fine-tuning run and of its on-demand pre-training")
-    p.add_argument("--results-dir", default="results", help="results root (default results)")
+    add_pretraining_flags(p, "--pretrain-steps", PRETRAIN_STEPS)
     return p
 
 
@@ -42,17 +38,8 @@ def pretrain(testbed: str, steps: int, seed: str, results_dir: str, passthrough:
     """The pre-trained run directory (trained, resumed or reused), or the exit code of a failed run."""
     far_id = TESTBEDS[testbed][1]
     run_dir = Path(results_dir) / "finetune" / f"pretrain-{testbed}-s{seed}-{steps}"
-    progress = run_progress(run_dir)
-    if progress == "completed":
-        print(f"pre-trained policy: {run_dir} (reused)", file=sys.stderr)
-        return run_dir
-    if progress == "resume":
-        code = run_suite("minigrid", ["--resume", str(run_dir), *passthrough])
-    else:
-        code = run_suite("minigrid", ["--agent=ppo", f"--env={far_id}", f"--total-steps={steps}", f"--seed={seed}",
-                                      f"--results-dir={results_dir}", "--experiment=finetune",
-                                      f"--run-name={run_dir.name}", *passthrough])
-    return run_dir if code == 0 else code
+    return train_or_reuse("minigrid", run_dir, ["--agent=ppo", f"--env={far_id}", f"--total-steps={steps}",
+                                                f"--seed={seed}"], passthrough, "pre-trained policy")
 
 
 def main(argv: list[str] | None = None) -> int:

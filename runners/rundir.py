@@ -94,6 +94,34 @@ def run_progress(run_dir: Path) -> str:
     return "start"
 
 
+def add_pretraining_flags(parser: Any, budget_flag: str, budget: int) -> None:
+    """The flags of a runner that starts from a pre-trained run (``--pretrained``) or pre-trains one on demand
+    (its budget ``budget_flag``), with its ``--seed`` and ``--results-dir``."""
+    parser.add_argument("--pretrained", metavar="RUN_DIR", help="the pre-trained run (default: pre-train on demand)")
+    parser.add_argument(budget_flag, type=int, default=budget,
+                        help=f"budget of an on-demand pre-training run (default {budget:,})")
+    parser.add_argument("--seed", default="1", help="seed of the run and of its on-demand pre-training")
+    parser.add_argument("--results-dir", default="results", help="results root (default results)")
+
+
+def train_or_reuse(suite: str, run_dir: Path, start: list[str], passthrough: Sequence[str] = (),
+                   what: str = "run") -> Path | int:
+    """The run under the fixed name ``run_dir``, completed: reused when it is, resumed when it was cut short,
+    else started with ``start`` (the suite runner's flags; the name is added). ``passthrough`` goes to a start
+    and a resume alike (e.g. ``--no-progress``). Returns ``run_dir``, or the exit code of a failed run."""
+    from runners.cli import main as run_suite
+    state = run_progress(run_dir)
+    if state == "completed":
+        print(f"{what}: {run_dir} (reused)", file=sys.stderr)
+        return run_dir
+    if state == "resume":
+        code = run_suite(suite, ["--resume", str(run_dir), *passthrough])
+    else:
+        code = run_suite(suite, [*start, f"--results-dir={run_dir.parent.parent}",
+                                 f"--experiment={run_dir.parent.name}", f"--run-name={run_dir.name}", *passthrough])
+    return run_dir if code == 0 else code
+
+
 def check_run_format(meta: dict[str, Any], run_dir: Path) -> None:
     if meta.get("format") != RUN_FORMAT:
         raise ConfigError(f"{run_dir} was written by another version (run format {meta.get('format')}, "

@@ -38,9 +38,17 @@ TINY = {
                   for k, v in (("d_model", "16"), ("context", "4"), ("batch_size", "2"),
                                ("updates_per_iteration", "2"))]],
 }
+#: per agent, what it needs besides its suite's tiny settings (L2M's pre-trained DT models continuous actions)
+TINY_AGENT = {"mtdt": [("env.id", "metaworld"), ("env.metaworld_tasks", "reach-v3"),
+                       ("dataset.metaworld_episodes", "2"), ("mtdt.d_model", "16"), ("mtdt.batch_size", "2"),
+                       ("mtdt.updates_per_iteration", "2")]}
+TINY["continual"] = [("env.tasks", "1"), ("env.stage_updates", "4"), ("env.pretrain_tasks", "reach-v3"),
+                     ("dataset.metaworld_episodes", "2"), ("run.total_steps", "4"),
+                     *[(f"{m}.{k}", v) for m in ("ft", "ewc", "lora", "lora_oracle", "l2m", "multitask")
+                       for k, v in (("batch_size", "2"), ("updates_per_iteration", "2"))]]
 PERIODS = [("interventions.redo_period", "1"), ("interventions.sp_period", "1"), ("interventions.reset_period", "1"),
            ("interventions.rewarm_period", "2"), ("interventions.rewarm_warmup", "1")]
-PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised", "incontext", "offline")
+PAIRS = [(suite, agent, iv) for suite in ("classic", "supervised", "incontext", "offline", "continual")
          for agent in agents_for(suite)
          for iv in REGISTRY]
 
@@ -51,12 +59,20 @@ def dataset_root(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
-def build(suite: str, agent: str, intervention: str, dataset_root=None):
+@pytest.fixture(scope="module")
+def pretrained(tiny_pretrained):
+    return tiny_pretrained[1]
+
+
+def build(suite: str, agent: str, intervention: str, dataset_root=None, pretrained=None):
     spec = get_agent(agent, suite)
     family_fields = {f"{spec.family}."}
-    overrides = [(k, v) for k, v in TINY[suite] if k.startswith(("env.", "dataset.", *family_fields))]
+    overrides = [(k, v) for k, v in TINY[suite] + TINY_AGENT.get(agent, [])
+                 if k.startswith(("env.", "dataset.", "run.", *family_fields))]
     if dataset_root is not None:
         overrides.append(("dataset.root", str(dataset_root)))
+    if pretrained is not None:
+        overrides.append((f"{spec.family}.pretrained", str(pretrained)))
     sections, _ = resolve(suite, spec, config_files(suite, spec),
                           [*overrides, *PERIODS, ("interventions.use", intervention)])
     envs = make_vec_env(suite, sections["env"], 0)
@@ -81,8 +97,11 @@ def test_agent_and_intervention_work_or_are_refused_at_start_up(suite, agent, in
     if suite == "offline":
         pytest.importorskip("xlstm")
         pytest.importorskip("mambapy")
-    root = request.getfixturevalue("dataset_root") if suite in ("incontext", "offline") else None
-    spec, make = build(suite, agent, intervention, root)
+    if agent == "mtdt" or suite == "continual":
+        pytest.importorskip("metaworld")
+    root = request.getfixturevalue("dataset_root") if suite in ("incontext", "offline", "continual") else None
+    pre = request.getfixturevalue("pretrained") if suite == "continual" else None
+    spec, make = build(suite, agent, intervention, root, pre)
     unsupported = spec.load().UNSUPPORTED_INTERVENTIONS
     if intervention in unsupported:
         with pytest.raises(ConfigError, match=f"does not support the intervention '{intervention}'.*it supports: "):
@@ -126,4 +145,5 @@ def test_nap_on_rainbow_normalises_the_trunk_and_both_heads():
 
 def test_agents_list_covers_every_family():
     assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad", "ra_dt",
-                                                          "lram", "dt_kv", "mamba"}
+                                                          "lram", "dt_kv", "mamba", "mtdt", "ft", "ewc", "lora",
+                                                          "lora_oracle", "l2m", "multitask"}
