@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.action_model import action_loss
+from agents.base import Evaluation
 from agents.l2m import MultiTaskDT, MultiTaskDTAgent
 from agents.modulation import KeyPool, LoRA, Modulation, make_modulation
 from agents.offline import OptimiserConfig
@@ -260,6 +261,28 @@ class L2M(ContinualAgent):
         pull = self.policy.pull
         assert pull is not None, "the pool's forward sets the pull term"
         return {"key_pull": -self.cfg.pull * pull}
+
+    def evaluate(self, episodes: int) -> Evaluation:
+        """The evaluation, plus key-selection accuracy: per task learned so far, the share of its evaluation
+        inputs that select its own key (the one its training inputs selected most), and their mean."""
+        pool = self.policy.pool
+        assert pool is not None
+        pool.recorded = []
+        try:
+            result = super().evaluate(episodes)
+            chosen = torch.stack(pool.recorded)  # (forward passes, tasks x episodes), rows in evaluation order
+        finally:
+            pool.recorded = None
+        tasks = [t for t in self.envs.domain.tasks for _ in range(episodes)]
+        learned = self.envs.sequence[:self.envs.stage(max(self.env_steps - 1, 0)) + 1]
+        accuracy = {}
+        for i, task in enumerate(learned):
+            rows = [r for r, t in enumerate(tasks) if t == task]
+            accuracy[task] = pool.own_key_share(chosen[:, rows], i)
+            result.metrics[f"metaworld/{task}/key_accuracy"] = accuracy[task]
+        result.metrics["metaworld/key_accuracy"] = float(np.mean(list(accuracy.values())))
+        result.record["key_accuracy"] = accuracy
+        return result
 
 
 class MultiTask(ContinualAgent):

@@ -186,14 +186,19 @@ class KeyPool(nn.Module):
     batches: Tensor
     task_counts: Tensor
     task: Tensor
+    usage: Tensor
 
-    def __init__(self, pool_size: int, d_model: int):
+    def __init__(self, pool_size: int, d_model: int, max_tasks: int = 10):
         super().__init__()
         self.keys = nn.Parameter(torch.empty(pool_size, d_model).uniform_(-1.0, 1.0))
         self.register_buffer("counts", torch.zeros(pool_size))  # running mean of each key's share of a batch
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))
         self.register_buffer("task_counts", torch.zeros(pool_size))  # the counts when the current task began
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
+        #: per task, how often training inputs selected each key (its own key: the most selected)
+        self.register_buffer("usage", torch.zeros(max_tasks, pool_size))
+        #: when a list, every selection outside training is appended to it (:meth:`KeyPool.own_key_share`)
+        self.recorded: list[Tensor] | None = None
 
     def start_task(self, task: int) -> None:
         """A new task: the usage penalty (from task 1 on) uses the counts of the tasks before it."""
@@ -213,7 +218,15 @@ class KeyPool(nn.Module):
             score = penalised_similarity(cos, self.task_counts)
         chosen = score.argmax(dim=-1)
         if self.training:
-            share = torch.bincount(chosen, minlength=len(self.keys)).float() / len(chosen)
+            hits = torch.bincount(chosen, minlength=len(self.keys)).float()
             self.batches.add_(1)
-            self.counts.add_((share - self.counts) / self.batches)
+            self.counts.add_((hits / len(chosen) - self.counts) / self.batches)
+            self.usage[int(self.task)] += hits
+        elif self.recorded is not None:
+            self.recorded.append(chosen.detach())
         return chosen, cos.gather(1, chosen[:, None]).mean()
+
+    def own_key_share(self, chosen: Tensor, task: int) -> float:
+        """Key-selection accuracy: the share of ``chosen`` keys that are ``task``'s own (its most selected key in
+        training)."""
+        return float((chosen == self.usage[task].argmax()).float().mean())

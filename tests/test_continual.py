@@ -59,6 +59,9 @@ def test_each_method_learns_the_stages_from_the_pretrained_model(setup, method):
     assert unchanged == (method in ("lora", "lora_oracle", "l2m"))  # the frozen methods keep it bit for bit
     if method == "l2m":
         assert after["modulation.a_q"].shape[0] == 30 and "pool.keys" in after
+        assert set(evaluations[1]["key_accuracy"]) == {"hammer-v3"}  # the end of stage 1: one task learned
+        assert set(evaluations[-1]["key_accuracy"]) == {"hammer-v3", "push-wall-v3"}
+        assert "eval/metaworld/key_accuracy" in header
 
 
 def test_ewc_penalises_distance_from_the_finished_tasks_weights():

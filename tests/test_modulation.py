@@ -89,3 +89,17 @@ def test_top1_selection_counts_and_the_penalty_from_the_second_task_on():
     assert pool.select(torch.tensor([[1.0, 0.2]]))[0].tolist() == [0]
     torch.testing.assert_close(pool.counts, counts)
     assert math.isclose(float(pool.counts.sum()), 1.0, rel_tol=1e-6)
+
+
+def test_each_tasks_own_key_is_the_one_its_training_inputs_chose_most():
+    pool = KeyPool(3, 2, max_tasks=2)
+    pool.keys.data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    pool.select(torch.tensor([[0.0, 1.0], [0.1, 1.0], [1.0, 0.0]]))  # task 0 trains: keys 1, 1, 0
+    pool.start_task(1)
+    pool.select(torch.tensor([[-1.0, 0.0]] * 4))  # task 1: key 2 (also under the penalty)
+    assert pool.usage.tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 4.0]]
+    pool.eval()
+    pool.recorded = []
+    chosen, _ = pool.select(torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.1], [-1.0, 0.0]]))
+    assert [c.tolist() for c in pool.recorded] == [chosen.tolist()] == [[1, 0, 2, 2]]
+    assert pool.own_key_share(chosen[:2], 0) == 0.5 and pool.own_key_share(chosen[2:], 1) == 1.0
