@@ -108,6 +108,8 @@ AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in [
               suites=("continual",)),
     AgentSpec("lora_oracle", "agents.continual:OracleLoRA", "lora_oracle",
               "one LoRA per task, chosen by the task id (the upper bound)", suites=("continual",)),
+    AgentSpec("l2p", "agents.continual:L2P", "l2p", "L2P: a pool of prompts chosen by key, at every block of the "
+              "frozen DT", suites=("continual",)),
     AgentSpec("multitask", "agents.continual:MultiTask", "multitask",
               "fine-tuning on all tasks of the sequence at once (the reference)", suites=("continual",)),
 ]}

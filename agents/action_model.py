@@ -280,6 +280,8 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
     def demonstrations(self) -> DemonstrationsConfig:
         return self.sections["dataset"]
 
+    #: parameters (by name prefix) that AdamW does not decay besides biases and norms
+    NO_DECAY: ClassVar[tuple[str, ...]] = ()
     #: how the windows tokenise continuous actions (the model's action vocabulary)
     WINDOW_TOKENIZER: ClassVar[MinMaxTokenizer] = TOKENIZER
 
@@ -309,9 +311,8 @@ class ActionModelAgent(OfflineAgent[ActionModelConfig]):
         policy = networks["policy"]
         self.policy = policy  # type: ignore[assignment]  # build_policy's model
         trainable = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
-        # decay on matrices only: not on biases, norms, keys and modulations (raw Parameters, as the official code)
-        decayed = {n: p.dim() >= 2 and "embed_ln" not in n and not n.startswith(("modulation.", "pool."))
-                   for n, p in trainable}
+        # decay on matrices only: not on biases, norms and the parameters under NO_DECAY
+        decayed = {n: p.dim() >= 2 and "embed_ln" not in n and not n.startswith(self.NO_DECAY) for n, p in trainable}
         decay = [p for n, p in trainable if decayed[n]]
         rest = [p for n, p in trainable if not decayed[n]]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

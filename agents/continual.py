@@ -24,6 +24,8 @@ Methods (agent names):
 * ``l2m``: L2M's pool (:class:`agents.modulation.KeyPool`) of ``pool_size`` keys, each owning one LoRA or (IA)^3
   (``modulation``); each input selects its key by its query; loss = cross-entropy - ``pull`` x mean cosine of
   the queries to their keys (0.5); the usage penalty from the second task on.
+* ``l2p``: L2P (Wang et al. 2022), L2M's prompt-pool baseline (``l2p.yaml``): 100 prompts of 5 tokens per layer,
+  the top 5 by key prepended at every block of the frozen model; the same pull term and usage penalty.
 * ``multitask``: full fine-tuning on all tasks of the sequence at once (each update's batch from the next task in
   turn), the same total budget: the reference that continual methods are measured against.
 
@@ -46,7 +48,7 @@ from torch import Tensor, nn
 from agents.action_model import action_loss
 from agents.base import Evaluation
 from agents.l2m import MultiTaskDT, MultiTaskDTAgent
-from agents.modulation import KeyPool, LoRA, Modulation, make_modulation
+from agents.modulation import KeyPool, LoRA, Modulation, PromptPool, make_modulation
 from agents.offline import OptimiserConfig
 from configs import ConfigError, param
 from envs.continual import ContinualTasks
@@ -72,12 +74,17 @@ class LoRAConfig(ContinualDTConfig):
 
 
 @dataclass
-class L2MConfig(ContinualDTConfig):
-    pool_size: int = param("Keys of the pool, each with its own modulation", min=1)
+class KeyedConfig(ContinualDTConfig):
+    """The methods that select by key from a pool (L2M, L2P)."""
+    pool_size: int = param("Keys of the pool, each with what it selects (a modulation or a prompt)", min=1)
+    pull: float = param("Weight of the keys' pull towards their queries in the loss", min=0.0)
+
+
+@dataclass
+class L2MConfig(KeyedConfig):
     modulation: str = param("What each key owns: lora (query, value, feed-forward up-projection) or ia3",
                             choices=("lora", "ia3"))
     rank: int = param("LoRA rank (modulation=lora)", min=1)
-    pull: float = param("Weight of the keys' pull towards their queries in the loss", min=0.0)
 
 
 class ContinualAgent(MultiTaskDTAgent):
@@ -88,6 +95,8 @@ class ContinualAgent(MultiTaskDTAgent):
     envs: ContinualTasks  # type: ignore[assignment]
     STATE_KEYS: ClassVar[tuple[str, ...]] = ("gen", "stage")
     FROZEN: ClassVar[bool] = False  # only the modulation trains
+    #: the modulations, keys and prompts: raw parameters, undecayed as in the official optimiser
+    NO_DECAY = ("modulation.", "pool.", "prompt_pool.")
 
     # -- the model ------------------------------------------------------------------------
     def build_networks(self) -> dict[str, nn.Module]:
@@ -131,7 +140,7 @@ class ContinualAgent(MultiTaskDTAgent):
         self.prepare(policy)
         if self.FROZEN:
             for name, p in policy.named_parameters():
-                p.requires_grad_(name.startswith(("modulation.", "pool.")))
+                p.requires_grad_(name.startswith(self.NO_DECAY))
         return {"policy": policy}
 
     def prepare(self, policy: MultiTaskDT) -> None:
@@ -240,21 +249,18 @@ class OracleLoRA(SharedLoRA):
         return torch.tensor([seq.index(t) if t in seq else len(seq) for t in tasks], device=self.device)
 
 
-class L2M(ContinualAgent):
-    section = "l2m"
-    config_class = L2MConfig
-    cfg: L2MConfig  # type: ignore[assignment]
+class KeyedMethod(ContinualAgent):
+    """What L2M and L2P share: a frozen model, a pool of keys whose usage penalty starts with each task, and the
+    loss term that pulls the selected keys towards their queries."""
+    cfg: KeyedConfig  # type: ignore[assignment]
     FROZEN = True
     UNSUPPORTED_INTERVENTIONS = SharedLoRA.UNSUPPORTED_INTERVENTIONS
 
-    def prepare(self, policy: MultiTaskDT) -> None:
-        b, c = policy.backbone, self.cfg
-        modulation: Modulation = make_modulation(c.modulation, c.pool_size, b.cfg.n_layer, b.cfg.d_model, c.rank)
-        policy.modulate(modulation, KeyPool(c.pool_size, b.cfg.d_model))
+    def key_pool(self) -> KeyPool:
+        raise NotImplementedError
 
     def begin_stage(self, stage: int) -> None:
-        assert self.policy.pool is not None
-        self.policy.pool.start_task(stage)
+        self.key_pool().start_task(stage)
         super().begin_stage(stage)
 
     def regularisers(self) -> dict[str, Tensor]:
@@ -262,11 +268,25 @@ class L2M(ContinualAgent):
         assert pull is not None, "the pool's forward sets the pull term"
         return {"key_pull": -self.cfg.pull * pull}
 
+
+class L2M(KeyedMethod):
+    section = "l2m"
+    config_class = L2MConfig  # type: ignore[assignment]
+    cfg: L2MConfig  # type: ignore[assignment]
+
+    def prepare(self, policy: MultiTaskDT) -> None:
+        b, c = policy.backbone, self.cfg
+        modulation: Modulation = make_modulation(c.modulation, c.pool_size, b.cfg.n_layer, b.cfg.d_model, c.rank)
+        policy.modulate(modulation, KeyPool(c.pool_size, b.cfg.d_model))
+
+    def key_pool(self) -> KeyPool:
+        assert self.policy.pool is not None
+        return self.policy.pool
+
     def evaluate(self, episodes: int) -> Evaluation:
         """The evaluation, plus key-selection accuracy: per task learned so far, the share of its evaluation
         inputs that select its own key (the one its training inputs selected most), and their mean."""
-        pool = self.policy.pool
-        assert pool is not None
+        pool = self.key_pool()
         pool.recorded = []
         try:
             result = super().evaluate(episodes)
@@ -283,6 +303,29 @@ class L2M(ContinualAgent):
         result.metrics["metaworld/key_accuracy"] = float(np.mean(list(accuracy.values())))
         result.record["key_accuracy"] = accuracy
         return result
+
+
+@dataclass
+class L2PConfig(KeyedConfig):
+    length: int = param("Tokens of each prompt, per layer", min=1)
+    top_k: int = param("Prompts selected per input", min=1)
+
+
+class L2P(KeyedMethod):
+    """L2P (Wang et al. 2022) on the frozen model: prompts chosen by key from a pool, at every block."""
+    section = "l2p"
+    config_class = L2PConfig  # type: ignore[assignment]
+    cfg: L2PConfig  # type: ignore[assignment]
+
+    def prepare(self, policy: MultiTaskDT) -> None:
+        b, c = policy.backbone, self.cfg
+        if c.top_k > c.pool_size:
+            raise ConfigError(f"l2p.top_k={c.top_k} prompts cannot come from a pool of l2p.pool_size={c.pool_size}")
+        policy.prompt(PromptPool(c.pool_size, b.cfg.n_layer, c.length, b.cfg.d_model, c.top_k))
+
+    def key_pool(self) -> KeyPool:
+        assert self.policy.prompt_pool is not None
+        return self.policy.prompt_pool.pool
 
 
 class MultiTask(ContinualAgent):

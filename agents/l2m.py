@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.action_model import ActionModelAgent, ActionModelConfig, DomainWindows, MinMaxTokenizer
-from agents.modulation import KeyPool, Modulation, masked_mean
+from agents.modulation import KeyPool, Modulation, PromptPool, masked_mean
 from agents.transformer import CausalTransformer, TransformerConfig
 from configs import ConfigError, param
 
@@ -63,6 +63,7 @@ class MultiTaskDT(nn.Module):
         self.head = nn.Linear(d_model, N_BINS)
         self.modulation: Modulation | None = None
         self.pool: KeyPool | None = None
+        self.prompt_pool: PromptPool | None = None
 
     def modulate(self, modulation: Modulation, pool: KeyPool | None = None) -> None:
         """Route the blocks through ``modulation``; with ``pool``, each input's slot is its selected key."""
@@ -71,6 +72,11 @@ class MultiTaskDT(nn.Module):
                              f"not {modulation.slots}")
         modulation.attach(self.backbone)
         self.modulation, self.pool = modulation, pool
+
+    def prompt(self, prompts: PromptPool) -> None:
+        """Run the blocks with ``prompts``' selected prompts in front of the tokens (L2P)."""
+        prompts.attach(self.backbone)
+        self.prompt_pool = prompts
 
     def embed(self, states: Tensor, rtg: Tensor, actions: Tensor, rewards: Tensor, timesteps: Tensor) -> Tensor:
         """(B, T, ...) -> (B, T, tokens_per_step, d) token embeddings, before the LayerNorm. ``actions``: tokens
@@ -91,8 +97,11 @@ class MultiTaskDT(nn.Module):
             if slots is None:
                 if self.pool is None:
                     raise ValueError("a modulation without a pool needs the slot of every sample")
-                slots, self.pull = self.pool.select(masked_mean(x[:, :, 0], mask))
+                chosen, self.pull = self.pool.select(masked_mean(x[:, :, 0], mask))
+                slots = chosen[:, 0]
             self.modulation.select(slots)
+        if self.prompt_pool is not None:
+            self.pull = self.prompt_pool.select(masked_mean(x[:, :, 0], mask))
         tokens = x.flatten(1, 2)
         h = self.backbone(tokens, mask[:, :, None].expand(b, t, self.tokens_per_step).flatten(1))
         # a_1 from the return-to-go token (index 1), a_j from a_(j-1) (index j): tokens 1 .. A of each step

@@ -27,6 +27,8 @@ Read top to bottom:
    prefers keys little used before; top-1 selection. Counts are a running mean over training batches of each
    key's share of the batch (``l2p.py``'s ``counts += (c - counts) / n``, never reset). The pull term of the loss
    is the mean cosine between each query and its selected key (``reduce_sim``; the loss subtracts 0.5 x it).
+3. :class:`PromptPool`: L2P, L2M's prompt-pool baseline, on the same keys: the selected prompts join the tokens
+   at every block.
 """
 from __future__ import annotations
 
@@ -209,24 +211,89 @@ class KeyPool(nn.Module):
         """(B, D) queries -> (B, pool_size) cosine similarities (fp32)."""
         return F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).T
 
-    def select(self, query: Tensor) -> tuple[Tensor, Tensor]:
-        """(selected key per input (B,), the pull term: mean cosine of each query with its key). While
-        training, the usage penalty applies from task 1 on and the counts are updated."""
+    def select(self, query: Tensor, top_k: int = 1) -> tuple[Tensor, Tensor]:
+        """(the ``top_k`` selected keys per input (B, top_k), the pull term: per input the summed cosine to its
+        keys, averaged over the batch, as L2P's ``reduce_sim``). While training, the usage penalty applies from
+        task 1 on and the counts are updated (the selections of an input count once each)."""
         cos = self.cosine(query)
         score = cos
         if self.training and int(self.task) > 0 and int(self.batches) > 0:  # L2M: from task 1 on
             score = penalised_similarity(cos, self.task_counts)
-        chosen = score.argmax(dim=-1)
+        chosen = score.topk(top_k, dim=-1).indices
         if self.training:
-            hits = torch.bincount(chosen, minlength=len(self.keys)).float()
+            hits = torch.bincount(chosen.flatten(), minlength=len(self.keys)).float()
             self.batches.add_(1)
-            self.counts.add_((hits / len(chosen) - self.counts) / self.batches)
+            self.counts.add_((hits / chosen.numel() - self.counts) / self.batches)
             self.usage[int(self.task)] += hits
         elif self.recorded is not None:
-            self.recorded.append(chosen.detach())
-        return chosen, cos.gather(1, chosen[:, None]).mean()
+            self.recorded.append(chosen[:, 0].detach())
+        return chosen, cos.gather(1, chosen).sum(1).mean()
 
     def own_key_share(self, chosen: Tensor, task: int) -> float:
         """Key-selection accuracy: the share of ``chosen`` keys that are ``task``'s own (its most selected key in
         training)."""
         return float((chosen == self.usage[task].argmax()).float().mean())
+
+
+# ---------------------------------------------------------------------------------------
+# 3. L2P's prompt pool (a baseline of L2M)
+# ---------------------------------------------------------------------------------------
+
+
+class PromptPool(nn.Module):
+    """L2P (Wang et al. 2022, "Learning to Prompt for Continual Learning") as L2M runs it (``l2p.yaml``):
+    ``pool_size`` prompts of ``length`` tokens per layer, each with a key of a :class:`KeyPool`; the ``top_k``
+    prompts nearest an input's query (with the usage penalty) are put in front of the hidden states at every
+    block (deep prompt tuning: prompts attend to prompts only, the sequence's tokens to the prompts and causally
+    to each other; no token positions) and cut off after it. Prompts initialised U(-1, 1) as the keys."""
+
+    def __init__(self, pool_size: int, n_layer: int, length: int, d_model: int, top_k: int, max_tasks: int = 10):
+        super().__init__()
+        if top_k > pool_size:
+            raise ValueError(f"top_k={top_k} prompts from a pool of {pool_size}")
+        self.top_k, self.n_layer = top_k, n_layer
+        self.pool = KeyPool(pool_size, d_model, max_tasks)
+        self.prompts = nn.Parameter(torch.empty(pool_size, n_layer, length, d_model).uniform_(-1.0, 1.0))
+        self.selected: Tensor | None = None
+
+    def select(self, query: Tensor) -> Tensor:
+        """Choose every input's prompts for the next forward passes; returns the pull term."""
+        self.selected, pull = self.pool.select(query, self.top_k)
+        return pull
+
+    def tokens(self, layer: int) -> Tensor:
+        """The selected prompts' tokens at ``layer``, (B, top_k x length, d)."""
+        if self.selected is None:
+            raise RuntimeError("PromptPool.select(query) must come before the forward")
+        return self.prompts[self.selected, layer].flatten(1, 2)
+
+    def attach(self, transformer: nn.Module) -> None:
+        """Run ``transformer``'s blocks (``blocks.<i>``, an ``nn.ModuleList``) with the prompts."""
+        blocks = transformer.get_submodule("blocks")
+        assert isinstance(blocks, nn.ModuleList)
+        if len(blocks) != self.n_layer:
+            raise ValueError(f"prompts of {self.n_layer} layers cannot attach to {len(blocks)} blocks")
+        for i in range(self.n_layer):
+            blocks[i] = _Prompted(blocks[i], self, i)
+
+
+class _Prompted(nn.Module):
+    """A frozen block run with its layer's prompts in front of the tokens (no KV cache: rollouts re-run the
+    window)."""
+
+    def __init__(self, block: nn.Module, prompts: PromptPool, layer: int):
+        super().__init__()
+        self.block, self.layer = block, layer
+        self._prompts = [prompts]  # a list: not registered under every block
+
+    def forward(self, x: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor,
+                memory_kv: Any) -> tuple[Tensor, Tensor, Tensor]:
+        if past_k.shape[2]:
+            raise RuntimeError("prompted blocks run without a KV cache")
+        p = self._prompts[0].tokens(self.layer).to(x.dtype)
+        b, t, n = x.shape[0], x.shape[1], p.shape[1]
+        ones = mask.new_ones
+        top = torch.cat([ones(b, 1, n, n), mask.new_zeros(b, 1, n, t)], dim=-1)  # prompts see prompts
+        bottom = torch.cat([ones(b, 1, t, n), mask], dim=-1)  # tokens see the prompts and, causally, tokens
+        h, k, v = self.block(torch.cat([p, x], dim=1), past_k, past_v, torch.cat([top, bottom], dim=2), memory_kv)
+        return h[:, n:], k[:, :, n:], v[:, :, n:]

@@ -2,7 +2,7 @@
 pre-trained multi-task Decision Transformer on Continual World's sequence (L2M, Schmied et al. 2023;
 :mod:`agents.continual`, :mod:`envs.continual`).
 
-Methods (``--agent``): l2m, ft, ewc, lora, lora_oracle, multitask. ``--total-updates=N`` is the budget of each
+Methods (``--agent``): l2m, ft, ewc, lora, lora_oracle, l2p, multitask. ``--total-updates=N`` is the budget of each
 stage (one task); every task of the sequence and every pre-training task is evaluated ``--evals-per-stage`` times
 a stage (default 2, L2M's every 50k of 100k updates), the last at the stage's end. ``--pretrained RUN_DIR`` starts
 from that ``mtdt`` run; without it one is pre-trained first on ``env.pretrain_tasks`` for ``--pretrain-updates``
@@ -24,7 +24,7 @@ from runners.rundir import add_pretraining_flags, train_or_reuse
 
 #: pre-training budget of an on-demand mtdt run (updates)
 PRETRAIN_UPDATES = 3000
-METHODS = ("l2m", "ft", "ewc", "lora", "lora_oracle", "multitask")
+METHODS = ("l2m", "ft", "ewc", "lora", "lora_oracle", "l2p", "multitask")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -44,7 +44,7 @@ TINY_AGENT = {"mtdt": [("env.id", "metaworld"), ("env.metaworld_tasks", "reach-v
                        ("mtdt.updates_per_iteration", "2")]}
 TINY["continual"] = [("env.tasks", "1"), ("env.stage_updates", "4"), ("env.pretrain_tasks", "reach-v3"),
                      ("dataset.metaworld_episodes", "2"), ("run.total_steps", "4"),
-                     *[(f"{m}.{k}", v) for m in ("ft", "ewc", "lora", "lora_oracle", "l2m", "multitask")
+                     *[(f"{m}.{k}", v) for m in ("ft", "ewc", "lora", "lora_oracle", "l2m", "l2p", "multitask")
                        for k, v in (("batch_size", "2"), ("updates_per_iteration", "2"))]]
 PERIODS = [("interventions.redo_period", "1"), ("interventions.sp_period", "1"), ("interventions.reset_period", "1"),
            ("interventions.rewarm_period", "2"), ("interventions.rewarm_warmup", "1")]
@@ -146,4 +146,4 @@ def test_nap_on_rainbow_normalises_the_trunk_and_both_heads():
 def test_agents_list_covers_every_family():
     assert {spec.family for spec in AGENTS.values()} == {"ppo", "dqn", "rainbow", "learner", "dt", "ad", "ra_dt",
                                                           "lram", "dt_kv", "mamba", "mtdt", "ft", "ewc", "lora",
-                                                          "lora_oracle", "l2m", "multitask"}
+                                                          "lora_oracle", "l2m", "l2p", "multitask"}

@@ -12,7 +12,7 @@ pytest.importorskip("metaworld")
 from runners.cli import main as run_suite  # noqa: E402
 from runners.continual import main  # noqa: E402
 
-METHODS = ("ft", "ewc", "lora", "lora_oracle", "l2m", "multitask")
+METHODS = ("ft", "ewc", "lora", "lora_oracle", "l2m", "l2p", "multitask")
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,15 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["agent"]["policy"]
 
 
-def base_key(key: str) -> str:
-    """A frozen weight's name once the modulation routes its module (``<module>.base``)."""
-    for module in ("attn.qkv.", "mlp.fc."):
-        key = key.replace(module, module + "base.")
+def base_key(key: str, method: str) -> str:
+    """A frozen weight's name in a method's model: the modulation routes ``attn.qkv`` and ``mlp.fc`` through
+    ``<module>.base``, L2P wraps each block (``blocks.<i>.block``)."""
+    if method in ("lora", "lora_oracle", "l2m"):
+        for module in ("attn.qkv.", "mlp.fc."):
+            key = key.replace(module, module + "base.")
+    if method == "l2p":
+        import re
+        key = re.sub(r"blocks\.(\d+)\.", r"blocks.\1.block.", key)
     return key
 
 
@@ -52,11 +57,11 @@ def test_each_method_learns_the_stages_from_the_pretrained_model(setup, method):
     assert set(evaluations[-1]["metaworld"]) == {"hammer-v3", "push-wall-v3", "reach-v3"}  # sequence + pre-training
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert "losses/action_ce/hammer-v3" in header and "losses/action_ce/push-wall-v3" in header
-    assert ("losses/ewc" in header) == (method == "ewc") and ("losses/key_pull" in header) == (method == "l2m")
+    assert ("losses/ewc" in header) == (method == "ewc") and ("losses/key_pull" in header) == (method in ("l2m", "l2p"))
     before, after = weights(pretrained), weights(run_dir)
-    unchanged = all(torch.equal(v, after[base_key(k) if method in ("lora", "lora_oracle", "l2m") else k])
-                    for k, v in before.items())
-    assert unchanged == (method in ("lora", "lora_oracle", "l2m"))  # the frozen methods keep it bit for bit
+    frozen = method in ("lora", "lora_oracle", "l2m", "l2p")
+    unchanged = all(torch.equal(v, after[base_key(k, method)]) for k, v in before.items())
+    assert unchanged == frozen  # the frozen methods keep it bit for bit
     if method == "l2m":
         assert after["modulation.a_q"].shape[0] == 30 and "pool.keys" in after
         assert set(evaluations[1]["key_accuracy"]) == {"hammer-v3"}  # the end of stage 1: one task learned
@@ -95,7 +100,7 @@ def test_resume_is_exact_within_and_between_stages(setup):
 
 def test_bad_input_is_one_line_and_exit_2(setup, capsys):
     root, pretrained = setup
-    cases = [(["--agent=l2p"], "unknown method 'l2p'"), (["--tasks=11"], "--tasks must lie in 1..10"),
+    cases = [(["--agent=l2q"], "unknown method 'l2q'"), (["--tasks=11"], "--tasks must lie in 1..10"),
              (["--set", "env.pretrain_tasks=hammer-v3"], "hammer-v3 is a CW10 task"),
              ([f"--pretrained={root / 'nowhere'}"], "is not a run directory"),
              (["--set", "run.total_steps=100"], "run.total_steps=100"),

@@ -77,16 +77,16 @@ def test_top1_selection_counts_and_the_penalty_from_the_second_task_on():
     pool.keys.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     query = torch.tensor([[1.0, 0.2], [1.0, 0.1], [0.1, 1.0], [1.0, 0.0]])
     chosen, pull = pool.select(query)
-    assert chosen.tolist() == [0, 0, 1, 0]
+    assert chosen.tolist() == [[0], [0], [1], [0]]
     cos = torch.nn.functional.normalize(query, dim=-1)
     assert pull.item() == pytest.approx(float((cos[[0, 1, 3], 0].sum() + cos[2, 1]) / 4))
     torch.testing.assert_close(pool.counts, torch.tensor([0.75, 0.25]))  # the first batch's shares
     pool.start_task(1)  # key 0 was used 3x more: task 1 now prefers key 1 unless the cosine says clearly otherwise
     chosen, _ = pool.select(torch.tensor([[1.0, 0.2]]))  # cos 0.98 vs 0.196: 0.99 * 0.25 < 0.598 * 0.75
-    assert chosen.tolist() == [1]
+    assert chosen.tolist() == [[1]]
     pool.eval()  # no penalty and no counting outside training
     counts = pool.counts.clone()
-    assert pool.select(torch.tensor([[1.0, 0.2]]))[0].tolist() == [0]
+    assert pool.select(torch.tensor([[1.0, 0.2]]))[0].tolist() == [[0]]
     torch.testing.assert_close(pool.counts, counts)
     assert math.isclose(float(pool.counts.sum()), 1.0, rel_tol=1e-6)
 
@@ -101,5 +101,29 @@ def test_each_tasks_own_key_is_the_one_its_training_inputs_chose_most():
     pool.eval()
     pool.recorded = []
     chosen, _ = pool.select(torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.1], [-1.0, 0.0]]))
+    chosen = chosen[:, 0]
     assert [c.tolist() for c in pool.recorded] == [chosen.tolist()] == [[1, 0, 2, 2]]
     assert pool.own_key_share(chosen[:2], 0) == 0.5 and pool.own_key_share(chosen[2:], 1) == 1.0
+
+
+@torch.no_grad()
+def test_prompts_join_every_block_and_are_cut_off_after_it():
+    from agents.modulation import PromptPool
+    model, x = transformer(), torch.randn(2, 6, D)
+    plain = model(x)
+    prompts = PromptPool(pool_size=4, n_layer=L, length=3, d_model=D, top_k=2)
+    prompts.pool.eval()
+    query = torch.randn(2, D)
+    pull = prompts.select(query)
+    cos = prompts.pool.cosine(query)
+    assert prompts.selected.tolist() == cos.topk(2, dim=-1).indices.tolist()
+    assert pull.item() == pytest.approx(float(cos.gather(1, prompts.selected).sum(1).mean()))  # L2P's reduce_sim
+    assert prompts.tokens(0).shape == (2, 2 * 3, D)
+    prompts.attach(model)
+    out = model(x)
+    assert out.shape == plain.shape and not torch.allclose(out, plain)  # the tokens attend to the prompts
+    later = x.clone()
+    later[:, -1] += 1.0
+    torch.testing.assert_close(model(later)[:, :-1], out[:, :-1])  # still causal among the tokens
+    with pytest.raises(ValueError, match="top_k=5"):
+        PromptPool(4, L, 3, D, top_k=5)
