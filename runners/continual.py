@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="l2m", help=f"method: {', '.join(METHODS)} (default l2m)")
     p.add_argument("--benchmark", default=None, help="cw10 (default: the config's)")
     p.add_argument("--tasks", type=int, default=None, help="the first N tasks of the sequence (default 5)")
+    p.add_argument("--first-task", type=int, default=None,
+                   help="index (0-based) of the sequence's first task learned (default 0)")
     p.add_argument("--total-updates", type=int, default=None, help="gradient updates per stage (default 500)")
     p.add_argument("--evals-per-stage", type=int, default=2, help="evaluations of every task per stage (default 2)")
     add_pretraining_flags(p, "--pretrain-updates", PRETRAIN_UPDATES)
@@ -71,10 +73,15 @@ def pretrain(tasks: str, updates: int, seed: str, results_dir: str, passthrough:
     run_dir = Path(results_dir) / "continual" / f"pretrain-{tag}-s{seed}-{updates}"
     quiet = [a for a in passthrough if a == "--no-progress"]
     sets = [a for a in passthrough if a != "--no-progress"]
-    return train_or_reuse("offline", run_dir, ["--agent=mtdt", "--env=metaworld", f"--total-updates={updates}",
-                                               f"--seed={seed}", "--set", f"env.metaworld_tasks={tasks}",
-                                               "--set", f"run.eval_interval={updates}", *sets],
+    return train_or_reuse("offline", run_dir, [*pretrain_args(tasks, updates), f"--seed={seed}", *sets],
                           quiet, "pre-trained model")
+
+
+def pretrain_args(tasks: str, updates: int) -> list[str]:
+    """``runners.offline``'s flags of an mtdt pre-training on ``tasks`` (comma-separated) for ``updates`` updates,
+    evaluated once at the end (seed, name and further settings apart)."""
+    return ["--agent=mtdt", "--env=metaworld", f"--total-updates={updates}", "--set", f"env.metaworld_tasks={tasks}",
+            "--set", f"run.eval_interval={updates}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         tasks = args.tasks if args.tasks is not None else int(setting(rest, "env.tasks", str(defaults["tasks"])))
         stage = args.total_updates if args.total_updates is not None else \
             int(setting(rest, "env.stage_updates", str(defaults["stage_updates"])))
+        first = args.first_task if args.first_task is not None else \
+            int(setting(rest, "env.first_task", str(defaults["first_task"])))
         if not 1 <= tasks <= 10:
             raise ConfigError(f"--tasks must lie in 1..10 (CW10's tasks), got {tasks}")
+        if not 0 <= first <= 10 - tasks:
+            raise ConfigError(f"stage index out of range: --first-task must lie in 0..{10 - tasks} for {tasks} "
+                              f"tasks of CW10's 10, got {first}")
         if stage < 1 or args.evals_per_stage < 1 or stage % args.evals_per_stage:
             raise ConfigError(f"--total-updates ({stage}) must be a positive multiple of --evals-per-stage "
                               f"({args.evals_per_stage})")
@@ -109,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(pretrained, int):
             return pretrained
     flags = [f"--agent={args.agent}", f"--seed={args.seed}", f"--results-dir={args.results_dir}",
-             f"--total-updates={stage * tasks}", "--set", f"env.tasks={tasks}", "--set", f"env.stage_updates={stage}",
+             f"--total-updates={stage * tasks}", "--set", f"env.tasks={tasks}", "--set", f"env.first_task={first}",
+             "--set", f"env.stage_updates={stage}",
              "--set", f"run.eval_interval={stage // args.evals_per_stage}",
              "--set", f"{args.agent}.pretrained={pretrained}"]
     if args.benchmark is not None:

@@ -98,13 +98,28 @@ def test_resume_is_exact_within_and_between_stages(setup):
             torch.testing.assert_close(weights(root / "continual" / name)[k], v, atol=0, rtol=0)
 
 
+def test_a_later_first_task_learns_that_task_alone(setup):
+    """--first-task=K: the single-task reference of the sequence's task K (forward transfer's AUC_ref)."""
+    root, pretrained = setup
+    args = tiny(root, pretrained, "ft", "--run-name=second-alone", "--first-task=1")
+    args[args.index("--tasks=2")] = "--tasks=1"
+    assert main(args) == 0
+    run_dir = root / "continual" / "second-alone"
+    evaluations = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    assert [e["step"] for e in evaluations] == [2, 4]
+    assert set(evaluations[-1]["metaworld"]) == {"push-wall-v3", "reach-v3"}
+    assert "losses/action_ce/push-wall-v3" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_bad_input_is_one_line_and_exit_2(setup, capsys):
     root, pretrained = setup
     cases = [(["--agent=l2q"], "unknown method 'l2q'"), (["--tasks=11"], "--tasks must lie in 1..10"),
              (["--set", "env.pretrain_tasks=hammer-v3"], "hammer-v3 is a CW10 task"),
              ([f"--pretrained={root / 'nowhere'}"], "is not a run directory"),
              (["--set", "run.total_steps=100"], "run.total_steps=100"),
-             (["--total-updates=3"], "multiple of --evals-per-stage")]
+             (["--total-updates=3"], "multiple of --evals-per-stage"),
+             (["--first-task=9"], "stage index out of range: --first-task must lie in 0..8"),
+             (["--set", "env.first_task=9"], "stage index out of range: --first-task must lie in 0..8")]
     for extra, message in cases:
         capsys.readouterr()
         args = tiny(root, pretrained, "l2m", "--run-name=bad")  # a later --agent wins

@@ -7,7 +7,7 @@ Every run is a normal run directory (under ``results/<experiment>/``), launched 
 subprocess of the suite's runner, two at a time; the page is rebuilt from their
 ``metrics.csv`` files, so rerunning the command reproduces every number and plot.
 One module per experiment (``plasticity_supervised``, ``soft_reset``, ``masp``, ``pfo``, ``ra_dt``,
-``forgetting``, ``lram``) on the shared helpers of ``common``; the intervals are ``runners.stats``'.
+``forgetting``, ``lram``, ``l2m``) on the shared helpers of ``common``; the intervals are ``runners.stats``'.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 from configs import ConfigError
 from runners.experiments.common import REPO
 from runners.experiments.forgetting import forgetting
+from runners.experiments.l2m import l2m
 from runners.experiments.lram import lram
 from runners.experiments.masp import masp, similarity_changes
 from runners.experiments.pfo import pfo
@@ -27,7 +28,8 @@ from runners.experiments.soft_reset import soft_reset
 from runners.stats import interval_order, t_interval
 
 EXPERIMENTS = {"plasticity_supervised": plasticity_supervised, "soft_reset": soft_reset, "masp": masp, "pfo": pfo,
-               "ra_dt": ra_dt, "forgetting": forgetting, "lram": lram}
+               "ra_dt": ra_dt, "forgetting": forgetting, "lram": lram,
+               "l2m": l2m}
 
 __all__ = ["EXPERIMENTS", "interval_order", "main", "similarity_changes", "t_interval"]
 
