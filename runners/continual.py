@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="Other flags go to the continual suite's runner (runners.cli).")
     p.add_argument("--agent", default="l2m", help=f"method: {', '.join(METHODS)} (default l2m)")
     p.add_argument("--benchmark", default=None, help="cw10 (default: the config's)")
-    p.add_argument("--tasks", type=int, default=None, help="the first N tasks of the sequence (default 5)")
+    p.add_argument("--tasks", type=int, default=None, help="N tasks of the sequence, from --first-task (default 5)")
     p.add_argument("--first-task", type=int, default=None,
                    help="index (0-based) of the sequence's first task learned (default 0)")
     p.add_argument("--total-updates", type=int, default=None, help="gradient updates per stage (default 500)")

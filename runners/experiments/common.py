@@ -10,14 +10,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from configs import CONFIG_DIR, read_yaml
 from runners.rundir import run_progress
 from runners.stats import interval_order, t_half_width, t_interval
-from runners.storage import atomic_savefig, atomic_write_text, make_dir, read_metrics
+from runners.storage import atomic_savefig, atomic_write_json, atomic_write_text, make_dir, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
@@ -95,6 +95,40 @@ def run_arms(arms: list[Arm], seeds: list[int], experiment: str, results_dir: Pa
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(launch, jobs.values()))
     return {key: job[2] for key, job in jobs.items()}
+
+
+def run_pretrained_arms(pretrain: Arm, arms_from: Callable[[Path], list[Arm]], seeds: list[int], experiment: str,
+                        results_dir: Path) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], Path]]:
+    """Per seed, the ``pretrain`` run, then the arms that start from it (``arms_from(its run directory)``):
+    (pre-training run directories, the arms' run directories), both by (label, seed)."""
+    pre_dirs = run_arms([pretrain], seeds, experiment, results_dir, [])
+    run_dirs: dict[tuple[str, int], Path] = {}
+    for seed in seeds:
+        run_dirs.update(run_arms(arms_from(pre_dirs[(pretrain.label, seed)]), [seed], experiment, results_dir, []))
+    return pre_dirs, run_dirs
+
+
+def cached_evaluation(path: Path, run_dir: Path, suite: str, trained: bool = True,
+                      adjust: Callable[[Any], None] | None = None) -> dict:
+    """The evaluation record of ``run_dir``'s agent, kept at ``path`` (computed once, reused when present): with
+    its final weights (``trained``) or as its config builds it; ``adjust(agent)`` may change settings first."""
+    if path.exists():
+        return json.loads(path.read_text())
+    import torch
+
+    from envs import make_vec_env
+    from runners.rundir import open_run
+    run = open_run(run_dir)
+    torch.set_num_threads(1)
+    envs = make_vec_env(suite, run.sections["env"], 0)
+    agent = run.make_agent(envs, torch.device("cpu"), run.sections["run"].seed)
+    if trained:
+        agent.load_state_dict(run.load_checkpoint(run.ckpt_dir / "latest.pt")["agent"])
+    if adjust is not None:
+        adjust(agent)
+    record = agent.evaluate(run.sections["run"].eval_episodes).record
+    atomic_write_json(path, record)
+    return record
 
 
 def summary_of(run_dir: Path) -> dict:

@@ -22,7 +22,7 @@ from runners.experiments.common import (
     machine_line,
     plot_bands,
     pyplot,
-    run_arms,
+    run_pretrained_arms,
     run_setting,
     save_figure,
     write_page,
@@ -103,10 +103,8 @@ def forgetting(args) -> None:
     seeds = [1, 2] if quick else [1, 2, 3]
     suffix = "_quick" if quick else ""
     experiment, results = f"forgetting{suffix}", Path(args.results_dir)
-    pre_dirs = run_arms([pretrain_arm(quick)], seeds, experiment, results, [])
-    run_dirs: dict[tuple[str, int], Path] = {}
-    for seed in seeds:
-        run_dirs.update(run_arms(finetune_arms(pre_dirs[("pretrain", seed)], quick), [seed], experiment, results, []))
+    _, run_dirs = run_pretrained_arms(pretrain_arm(quick), lambda pre: finetune_arms(pre, quick), seeds,
+                                             experiment, results)
     labels = [LABELS[m] for m in METHODS]
 
     far = {(label, s): far_curve(run_dirs[(label, s)]) for label in labels for s in seeds}

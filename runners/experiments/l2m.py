@@ -23,9 +23,17 @@ import numpy as np
 
 from runners.continual import pretrain_args
 from runners.continual_metrics import average_success, curve_auc, forgetting, forward_transfer
-from runners.experiments.common import Arm, config_value, machine_line, run_arms, run_setting, run_value, write_page
+from runners.experiments.common import (
+    Arm,
+    cached_evaluation,
+    config_value,
+    machine_line,
+    run_pretrained_arms,
+    run_setting,
+    run_value,
+    write_page,
+)
 from runners.stats import interval_order, t_interval
-from runners.storage import atomic_write_json
 
 TASKS, QUICK_TASKS = 3, 2
 STAGE, QUICK_STAGE = 1000, 4
@@ -38,7 +46,8 @@ ARMS = (("L2M (LoRA)", "l2m", ()), ("L2M-(IA)^3", "l2m", ("--set", "l2m.modulati
         ("shared LoRA", "lora", ()), ("LoRA per task (oracle)", "lora_oracle", ()),
         ("multi-task (reference)", "multitask", ()))
 L2M, FT, ORACLE = "L2M (LoRA)", "fine-tuning (ft)", "LoRA per task (oracle)"
-QUICK_DATA = ("--set", "dataset.metaworld_episodes=2", "--set", "dataset.root=results/datasets_quick")
+#: the quick page's datasets: the same root and episodes as the lram quick page's, so the two share them
+QUICK_DATA = ("--set", "dataset.metaworld_episodes=4", "--set", "dataset.root=results/datasets_quick")
 QUICK_SIZES = ("--set", "mtdt.d_model=16", "--set", "mtdt.n_layer=1", "--set", "mtdt.n_head=2",
                "--set", "mtdt.batch_size=2", "--set", "mtdt.updates_per_iteration=2")
 
@@ -75,21 +84,8 @@ def evaluations(run_dir: Path) -> list[dict]:
 
 def zero_shot(pretrained: Path, continual_run: Path) -> dict:
     """The pre-trained model evaluated on every task of a continual run (its sequence and the pre-training tasks),
-    before any fine-tuning: a fresh ``ft`` agent of that run's config starts from the pre-trained weights."""
-    path = pretrained / "zero_shot_eval.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    import torch
-
-    from envs import make_vec_env
-    from runners.rundir import open_run
-    run = open_run(continual_run)
-    torch.set_num_threads(1)
-    envs = make_vec_env("continual", run.sections["env"], 0)
-    agent = run.make_agent(envs, torch.device("cpu"), run.sections["run"].seed)
-    record = agent.evaluate(run.sections["run"].eval_episodes).record
-    atomic_write_json(path, record)
-    return record
+    before any fine-tuning: a fresh agent of that run's config starts from the pre-trained weights."""
+    return cached_evaluation(pretrained / "zero_shot_eval.json", continual_run, "continual", trained=False)
 
 
 def success_matrix(evals: list[dict], start: dict, tasks: list[str], stage: int) -> np.ndarray:
@@ -119,10 +115,8 @@ def l2m(args) -> None:
     seeds = [1, 2] if quick else [1, 2, 3]
     suffix = "_quick" if quick else ""
     experiment, results = f"l2m{suffix}", Path(args.results_dir)
-    pre_dirs = run_arms([pretrain_arm(quick)], seeds, experiment, results, [])
-    run_dirs: dict[tuple[str, int], Path] = {}
-    for seed in seeds:
-        run_dirs.update(run_arms(continual_arms(pre_dirs[("pretrain", seed)], quick), [seed], experiment, results, []))
+    pre_dirs, run_dirs = run_pretrained_arms(pretrain_arm(quick), lambda pre: continual_arms(pre, quick), seeds,
+                                             experiment, results)
     labels = [label for label, _, _ in ARMS]
     first = run_dirs[(labels[0], seeds[0])]
     n, stage = run_setting(first, "env", "tasks"), run_setting(first, "env", "stage_updates")

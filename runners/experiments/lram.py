@@ -17,9 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from runners.experiments.common import BEATS, Arm, machine_line, run_arms, run_setting, run_value, write_page
+from runners.experiments.common import (
+    BEATS,
+    Arm,
+    cached_evaluation,
+    machine_line,
+    run_arms,
+    run_setting,
+    run_value,
+    write_page,
+)
 from runners.stats import interval_order, t_interval
-from runners.storage import atomic_write_json
 
 DATASETS = "metaworld,minatar,darkroom"
 UPDATES, QUICK_UPDATES = "2000", "6"
@@ -71,22 +79,9 @@ def build_datasets(arm: Arm) -> None:
 
 def carry_evaluation(run_dir: Path) -> dict:
     """The final model's evaluation with ``rollout_context=carry`` (computed once, kept in the run)."""
-    path = run_dir / "carry_eval.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    import torch
-
-    from envs import make_vec_env
-    from runners.rundir import open_run
-    run = open_run(run_dir)
-    torch.set_num_threads(1)
-    envs = make_vec_env("offline", run.sections["env"], 0)
-    agent = run.make_agent(envs, torch.device("cpu"), run.sections["run"].seed)
-    agent.load_state_dict(run.load_checkpoint(run.ckpt_dir / "latest.pt")["agent"])
-    agent.cfg.rollout_context = "carry"
-    record = agent.evaluate(run.sections["run"].eval_episodes).record
-    atomic_write_json(path, record)
-    return record
+    def carry(agent) -> None:
+        agent.cfg.rollout_context = "carry"
+    return cached_evaluation(run_dir / "carry_eval.json", run_dir, "offline", adjust=carry)
 
 
 def domain_mean(record: dict, domain: str, metric: str) -> float:
