@@ -13,7 +13,8 @@ Read top to bottom:
    :class:`agents.transformer.CausalTransformer` without token positions (L2M's ``position_ids`` are all zero:
    a constant); one head ``Linear(d, 64)``. Action dimension j is read at the token before it: a_1 at the
    return-to-go token, a_j at a_(j-1)'s token, so the dimensions are predicted autoregressively; training feeds
-   the data's tokens (teacher forcing) and rollouts decode one dimension per forward pass, greedily.
+   the data's tokens (teacher forcing) and rollouts decode one dimension at a time, greedily (a KV cache within
+   the step).
    Context 5 timesteps (L2M: ``max_length: 5``); rollouts re-run the last ``context`` timesteps every step.
 2. :class:`MultiTaskDTAgent` (``mtdt``): the action models' behaviour cloning (:class:`agents.action_model
    .ActionModelAgent`: AdamW, warm-up and cosine decay, clipping, cross-entropy over valid action dimensions,
@@ -86,12 +87,10 @@ class MultiTaskDT(nn.Module):
         return torch.cat([(self.embed_state(states) + t)[:, :, None], (self.embed_rtg(rtg[..., None]) + t)[:, :, None],
                           a + t[:, :, None], (self.embed_reward(rewards[..., None]) + t)[:, :, None]], dim=2)
 
-    def forward(self, states: Tensor, rtg: Tensor, rewards: Tensor, actions: Tensor, timesteps: Tensor,
-                mask: Tensor, slots: Tensor | None = None, **_: Any) -> Tensor:
-        """Training windows -> logits (B, T, A, 64). With a pool, the slots come from it (:attr:`pull` keeps the
-        mean cosine of the queries to their keys); ``slots`` (B,) chooses them instead (e.g. the task id)."""
-        b, t = states.shape[:2]
-        x = self.embed_ln(self.embed(states, rtg, actions, rewards, timesteps))  # (B, T, K, d)
+    def route(self, x: Tensor, mask: Tensor, slots: Tensor | None) -> None:
+        """Choose each input's modulation slot and prompts for the next passes from embedded tokens x (B, T, K, d).
+        With a pool, the slots come from it (:attr:`pull` keeps the mean cosine of the queries to their keys);
+        ``slots`` (B,) chooses them instead (e.g. the task id)."""
         self.pull: Tensor | None = None
         if self.modulation is not None:
             if slots is None:
@@ -102,6 +101,13 @@ class MultiTaskDT(nn.Module):
             self.modulation.select(slots)
         if self.prompt_pool is not None:
             self.pull = self.prompt_pool.select(masked_mean(x[:, :, 0], mask))
+
+    def forward(self, states: Tensor, rtg: Tensor, rewards: Tensor, actions: Tensor, timesteps: Tensor,
+                mask: Tensor, slots: Tensor | None = None, **_: Any) -> Tensor:
+        """Training windows -> logits (B, T, A, 64), the slots and prompts chosen by :meth:`route`."""
+        b, t = states.shape[:2]
+        x = self.embed_ln(self.embed(states, rtg, actions, rewards, timesteps))  # (B, T, K, d)
+        self.route(x, mask, slots)
         tokens = x.flatten(1, 2)
         h = self.backbone(tokens, mask[:, :, None].expand(b, t, self.tokens_per_step).flatten(1))
         # a_1 from the return-to-go token (index 1), a_j from a_(j-1) (index j): tokens 1 .. A of each step
@@ -110,15 +116,28 @@ class MultiTaskDT(nn.Module):
     @torch.no_grad()
     def act(self, states: Tensor, rtg: Tensor, rewards: Tensor, actions: Tensor, timesteps: Tensor,
             mask: Tensor, act_dim: int, slots: Tensor | None = None) -> Tensor:
-        """Greedy action tokens (B, act_dim) of each window's last valid timestep, one dimension per pass: the
-        window's actions at that step are decoded in order, each fed back as the next pass's input (L2M's
-        ``get_action_pred``). Windows are right-aligned: the last column is the current step."""
+        """Greedy action tokens (B, act_dim) of each window's last timestep, one dimension at a time, each fed back
+        as the next one's input (L2M's ``get_action_pred``, which re-runs the window once per dimension). Here the
+        window up to the last step's return-to-go token runs once into a KV cache and every decoded dimension is
+        one new token: the same logits (the tokens after a_(j-1) cannot reach it through causal attention) at
+        about 1/act_dim of the cost. Windows are right-aligned (the last column is the current step) and fully
+        valid: rollouts step every environment together."""
+        if not bool(mask.all()):
+            raise ValueError("act() decodes fully valid windows (every environment at the same step)")
+        b, t = states.shape[:2]
         actions = actions.clone()
-        actions[:, -1] = PAD
+        actions[:, -1] = PAD  # the current step's actions are decoded, not read
+        x = self.embed_ln(self.embed(states, rtg, actions, rewards, timesteps))
+        self.route(x, mask, slots)
+        prefix = x.flatten(1, 2)[:, :(t - 1) * self.tokens_per_step + 2]  # ... s_t, rtg_t
+        h, cache = self.backbone.step(prefix, self.backbone.init_cache(b))
+        out = torch.empty(b, act_dim, dtype=torch.long, device=states.device)
         for j in range(act_dim):
-            logits = self(states, rtg, rewards, actions, timesteps, mask, slots)
-            actions[:, -1, j] = logits[:, -1, j].argmax(-1)
-        return actions[:, -1, :act_dim]
+            out[:, j] = self.head(h[:, -1]).argmax(-1)
+            if j + 1 < act_dim:
+                token = self.embed_ln(self.embed_action(out[:, j]) + self.embed_time(timesteps[:, -1]))
+                h, cache = self.backbone.step(token[:, None], cache)
+        return out
 
 
 @dataclass

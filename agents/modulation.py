@@ -278,8 +278,8 @@ class PromptPool(nn.Module):
 
 
 class _Prompted(nn.Module):
-    """A frozen block run with its layer's prompts in front of the tokens (no KV cache: rollouts re-run the
-    window)."""
+    """A frozen block run with its layer's prompts in front of the new tokens (with a KV cache, the prompts'
+    keys and values are recomputed each pass and left out of the cache: they see only each other)."""
 
     def __init__(self, block: nn.Module, prompts: PromptPool, layer: int):
         super().__init__()
@@ -288,12 +288,12 @@ class _Prompted(nn.Module):
 
     def forward(self, x: Tensor, past_k: Tensor, past_v: Tensor, mask: Tensor,
                 memory_kv: Any) -> tuple[Tensor, Tensor, Tensor]:
-        if past_k.shape[2]:
-            raise RuntimeError("prompted blocks run without a KV cache")
         p = self._prompts[0].tokens(self.layer).to(x.dtype)
-        b, t, n = x.shape[0], x.shape[1], p.shape[1]
-        ones = mask.new_ones
-        top = torch.cat([ones(b, 1, n, n), mask.new_zeros(b, 1, n, t)], dim=-1)  # prompts see prompts
-        bottom = torch.cat([ones(b, 1, t, n), mask], dim=-1)  # tokens see the prompts and, causally, tokens
+        b, t, n, m = x.shape[0], x.shape[1], p.shape[1], past_k.shape[2]
+        zeros, ones = mask.new_zeros, mask.new_ones
+        # key columns: the cached tokens, the prompts, the new tokens (the block puts the cache first)
+        top = torch.cat([zeros(b, 1, n, m), ones(b, 1, n, n), zeros(b, 1, n, t)], dim=-1)  # prompts see prompts
+        bottom = torch.cat([mask[..., :m], ones(b, 1, t, n), mask[..., m:]], dim=-1)  # tokens: the prompts too
         h, k, v = self.block(torch.cat([p, x], dim=1), past_k, past_v, torch.cat([top, bottom], dim=2), memory_kv)
-        return h[:, n:], k[:, :, n:], v[:, :, n:]
+        keep = [*range(m), *range(m + n, m + n + t)]
+        return h[:, n:], k[:, :, keep], v[:, :, keep]

@@ -17,6 +17,7 @@ with Continual World's 200-step horizon, and demonstrations of Meta-World's scri
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,22 @@ def check_tasks(names: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def mt1(name: str) -> tuple[Any, tuple[Any, ...]]:
+    """MT1's environment class of task ``name`` and its fixed 50 variations. Building ``metaworld.MT1`` resets
+    environments hundreds of times (about half a second a task), so each process builds it once per task."""
+    mw = import_metaworld()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bench = mw.MT1(name, seed=VARIATION_SEED)
+    return bench.train_classes[name], tuple(bench.train_tasks)
+
+
+#: environments of closed :class:`MetaWorldTasks`, per task, for the next ones (building one costs ~0.15 s; every
+#: episode starts with ``set_task`` and ``reset``, so a reused environment steps as a new one)
+_IDLE: dict[str, list[Any]] = {}
+
+
 @dataclass
 class Episode:
     """One demonstration: observations (T+1, 39), actions (T, 4), rewards (T,), success per step (T,)."""
@@ -87,16 +104,16 @@ class MetaWorldTasks:
     horizon = HORIZON
 
     def __init__(self, names: list[str] | tuple[str, ...], seed: int = 0):
-        mw = import_metaworld()
         self.names = check_tasks(list(names))
         self.rng = np.random.default_rng(seed)
         self.envs, self.variations = [], []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name in self.names:
-                bench = mw.MT1(name, seed=VARIATION_SEED)
-                self.envs.append(bench.train_classes[name]())
-                self.variations.append(bench.train_tasks)
+                env_class, variations = mt1(name)
+                idle = _IDLE.get(name)
+                self.envs.append(idle.pop() if idle else env_class())
+                self.variations.append(variations)
         self.t = HORIZON
 
     @property
@@ -138,8 +155,10 @@ class MetaWorldTasks:
         return np.stack(obs).astype(np.float32), np.array(rewards, np.float32), np.array(success)
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        """Hand the environments to the next batch of this process (:data:`_IDLE`)."""
+        for name, env in zip(self.names, self.envs):
+            _IDLE.setdefault(name, []).append(env)
+        self.envs = []
 
 
 def demonstrations(name: str, episodes: int, seed: int, noise: float, epsilon: float,

@@ -195,6 +195,28 @@ def test_a_scripted_demonstration_succeeds_and_random_actions_do_not():
         env.step(np.zeros((3, 4)))
 
 
+def test_a_reused_environment_steps_as_a_new_one():
+    pytest.importorskip("metaworld")
+    from envs import metaworld as mw
+
+    def episode() -> list[np.ndarray]:
+        env = mw.MetaWorldTasks(["push-v3", "push-v3"], seed=3)
+        out = [env.reset(np.array([4, 9]))]
+        actions = np.random.default_rng(0).uniform(-1, 1, (30, 2, 4))
+        out += [np.concatenate([o, r[:, None]], 1) for o, r, _ in (env.step(a) for a in actions)]
+        env.close()
+        return out
+
+    mw._IDLE.pop("push-v3", None)
+    fresh = episode()
+    assert len(mw._IDLE["push-v3"]) == 2  # closed: handed on, not destroyed
+    idle = list(mw._IDLE["push-v3"])
+    again = episode()
+    assert {id(e) for e in mw._IDLE["push-v3"]} == {id(e) for e in idle}  # the same two environments, reused
+    for a, b in zip(fresh, again):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_demonstration_datasets_are_checked_and_never_overwritten(tmp_path):
     pytest.importorskip("metaworld")
     from configs import ConfigError

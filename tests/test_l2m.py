@@ -84,3 +84,34 @@ def test_the_pretraining_agent_runs_and_refuses_discrete_domains(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "continuous actions only" in err and not np.any([
         p.name == "discrete" for p in (tmp_path / "offline").iterdir()])
+
+
+def full_window_decoding(net: MultiTaskDT, x: dict[str, torch.Tensor], slots=None) -> torch.Tensor:
+    """L2M's get_action_pred: the whole window re-run once per action dimension."""
+    actions = x["actions"].clone()
+    actions[:, -1] = PAD
+    for j in range(A):
+        logits = net(**{**x, "actions": actions}, slots=slots)
+        actions[:, -1, j] = logits[:, -1, j].argmax(-1)
+    return actions[:, -1]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["plain", "pooled lora", "prompts"])
+def test_cached_decoding_equals_rerunning_the_window_per_dimension(kind):
+    from agents.modulation import PromptPool
+    net, x = model(), batch(b=6)
+    if kind == "pooled lora":
+        pool = KeyPool(3, D)
+        net.modulate(LoRA(3, 2, D, rank=2), pool)
+        pool.eval()
+    elif kind == "prompts":
+        prompts = PromptPool(pool_size=4, n_layer=2, length=2, d_model=D, top_k=2)
+        net.prompt(prompts)
+        prompts.pool.eval()
+    for p in net.parameters():  # every weight non-trivial (a fresh LoRA's B is 0)
+        p.add_(0.3 * torch.randn_like(p))
+    torch.testing.assert_close(net.act(**x, act_dim=A), full_window_decoding(net, x))
+    x["mask"][0, 0] = False
+    with pytest.raises(ValueError, match="fully valid"):
+        net.act(**x, act_dim=A)
