@@ -65,47 +65,61 @@ def by_label(arms: list[Arm]) -> dict[str, Arm]:
     return out
 
 
+def arm_jobs(arms: list[Arm], seeds: list[int], experiment: str, results_dir: Path
+             ) -> dict[tuple[str, int], tuple[Arm, int, Path]]:
+    """Every arm x seed with its run directory, by (label, seed)."""
+    return {(arm.label, seed): (arm, seed, results_dir / experiment / f"{arm.slug}__s{seed}")
+            for arm in arms for seed in seeds}
+
+
+def launch(job: tuple[Arm, int, Path], experiment: str, results_dir: Path, extra: list[str]) -> None:
+    """Run one arm x seed to completion: started, resumed, or skipped when already completed."""
+    arm, seed, run_dir = job
+    progress = run_progress(run_dir)
+    if progress == "completed":
+        return
+    if progress == "resume":
+        cmd = [sys.executable, "-m", f"runners.{arm.suite}", "--resume", str(run_dir), "--no-progress"]
+    else:
+        cmd = [sys.executable, "-m", f"runners.{arm.suite}", *arm.args, "--seed", str(seed), *extra,
+               "--results-dir", str(results_dir), "--experiment", experiment, "--no-progress",
+               "--run-name", run_dir.name]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    print(f"  {run_dir.name}: {time.time() - t0:.0f} s", file=sys.stderr)
+
+
 def run_arms(arms: list[Arm], seeds: list[int], experiment: str, results_dir: Path, extra: list[str],
              workers: int = 2) -> dict[tuple[str, int], Path]:
     """Run every arm x seed (skipping runs already completed); return their run directories by (label, seed)."""
-    jobs = {}
-    for arm in arms:
-        for seed in seeds:
-            name = f"{arm.slug}__s{seed}"
-            run_dir = results_dir / experiment / name
-            jobs[(arm.label, seed)] = (arm, seed, run_dir)
-
-    def launch(job):
-        arm, seed, run_dir = job
-        progress = run_progress(run_dir)
-        if progress == "completed":
-            return
-        if progress == "resume":
-            cmd = [sys.executable, "-m", f"runners.{arm.suite}", "--resume", str(run_dir), "--no-progress"]
-        else:
-            cmd = [sys.executable, "-m", f"runners.{arm.suite}", *arm.args, "--seed", str(seed), *extra,
-                   "--results-dir", str(results_dir), "--experiment", experiment, "--no-progress",
-                   "--run-name", run_dir.name]
-        t0 = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-        print(f"  {run_dir.name}: {time.time() - t0:.0f} s", file=sys.stderr)
-
+    jobs = arm_jobs(arms, seeds, experiment, results_dir)
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(launch, jobs.values()))
+        list(pool.map(lambda job: launch(job, experiment, results_dir, extra), jobs.values()))
     return {key: job[2] for key, job in jobs.items()}
 
 
 def run_pretrained_arms(pretrain: Arm, arms_from: Callable[[Path], list[Arm]], seeds: list[int], experiment: str,
-                        results_dir: Path) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], Path]]:
+                        results_dir: Path, workers: int = 2
+                        ) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], Path]]:
     """Per seed, the ``pretrain`` run, then the arms that start from it (``arms_from(its run directory)``):
-    (pre-training run directories, the arms' run directories), both by (label, seed)."""
-    pre_dirs = run_arms([pretrain], seeds, experiment, results_dir, [])
+    (pre-training run directories, the arms' run directories), both by (label, seed). One pool runs them all: a
+    seed's arms are queued as soon as its pre-training ends, so no worker waits for the other seeds'."""
+    pre_jobs = arm_jobs([pretrain], seeds, experiment, results_dir)
     run_dirs: dict[tuple[str, int], Path] = {}
-    for seed in seeds:
-        run_dirs.update(run_arms(arms_from(pre_dirs[(pretrain.label, seed)]), [seed], experiment, results_dir, []))
-    return pre_dirs, run_dirs
+    with ThreadPoolExecutor(workers) as pool:
+        pre_done = {seed: pool.submit(launch, pre_jobs[(pretrain.label, seed)], experiment, results_dir, [])
+                    for seed in seeds}
+        arms_done = []
+        for seed in seeds:
+            pre_done[seed].result()
+            jobs = arm_jobs(arms_from(pre_jobs[(pretrain.label, seed)][2]), [seed], experiment, results_dir)
+            run_dirs.update({key: job[2] for key, job in jobs.items()})
+            arms_done += [pool.submit(launch, job, experiment, results_dir, []) for job in jobs.values()]
+        for future in arms_done:
+            future.result()
+    return {key: job[2] for key, job in pre_jobs.items()}, run_dirs
 
 
 def cached_evaluation(path: Path, run_dir: Path, suite: str, trained: bool = True,
