@@ -4,7 +4,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory):
-    """A tiny pre-trained mtdt run on reach-v3 (2 demonstrations, 4 updates): the continual methods' start.
+    """A tiny pre-trained mtdt run on reach-v3 (2 demonstrations, 4 updates, states standardised): the continual
+    methods' start.
     Returns (its results root, its run directory, its datasets root)."""
     pytest.importorskip("metaworld")
     from runners.cli import main
@@ -16,5 +17,5 @@ def tiny_pretrained(tmp_path_factory):
         "--no-progress", "--set", "env.metaworld_tasks=reach-v3", "--set", f"dataset.root={data}",
         "--set", "dataset.metaworld_episodes=2", "--set", "run.eval_interval=0",
         "--set", "mtdt.updates_per_iteration=2", "--set", "mtdt.d_model=16", "--set", "mtdt.batch_size=2",
-        "--set", "diagnostics.enabled=false"])) == 0
+        "--set", "mtdt.state_norm=true", "--set", "diagnostics.enabled=false"])) == 0
     return root, root / "offline" / "pre", data

@@ -63,6 +63,23 @@ def test_padding_tokens_and_a_fresh_pooled_lora_change_nothing():
         model().modulate(LoRA(2, 2, D, rank=2), KeyPool(3, D))
 
 
+@torch.no_grad()
+def test_standardised_states_enter_the_model_as_z_scores_and_constant_dimensions_raw():
+    net, x = model(), batch()
+    data = np.array([[1.0, 0.0, 5.0, 0.2, 0.0], [3.0, 0.0, 5.0, 0.4, 0.0], [5.0, 0.0, 5.0, 0.6, 0.0]])
+    net.standardise_states(data)
+    std0, std3 = np.sqrt(8 / 3), np.sqrt(0.08 / 3)  # population std of (1, 3, 5) and (0.2, 0.4, 0.6)
+    torch.testing.assert_close(net.state_mean, torch.tensor([3.0, 0.0, 0.0, 0.4, 0.0]))
+    torch.testing.assert_close(net.state_scale, torch.tensor([std0, 1.0, 1.0, std3, 1.0], dtype=torch.float32))
+    standardised = net(**x)
+    raw = model()  # the same weights, states standardised by hand
+    z = x["states"].clone()
+    z[..., 0], z[..., 3] = (z[..., 0] - 3.0) / std0, (z[..., 3] - 0.4) / std3
+    torch.testing.assert_close(standardised, raw(**{**x, "states": z}))
+    assert set(net.state_dict()) - set(raw.state_dict()) == set()  # buffers: carried by every checkpoint
+    assert {"state_mean", "state_scale"} <= set(net.state_dict())
+
+
 def test_the_pretraining_agent_runs_and_refuses_discrete_domains(tmp_path, capsys):
     pytest.importorskip("metaworld")
     from runners.cli import main
