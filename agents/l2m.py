@@ -22,11 +22,11 @@ Read top to bottom:
    size, with raw states (Meta-World positions vary by a few centimetres, std 0.01-0.2) the model learns to
    ignore them. Measured once on faucet-close-v3 alone (``python -m runners.offline --agent=mtdt --env=metaworld
    --total-updates=2000 --set env.metaworld_tasks=faucet-close-v3 --set run.eval_interval=500``, raw with
-   ``--set mtdt.state_norm=false``; seed 1, 5
-   episodes): raw, the actions of three episodes of different variations were identical step for step, the
-   cross-entropy rose only 1.85 -> 1.87 with the states shuffled across the batch but to 2.83 with the timesteps
-   shuffled, and success stayed 0; standardised, the cross-entropy was 1.72 (3.22 with states shuffled) and
-   success 0.6 at 2,000 updates (hammer-v3: 0.0 raw, 0.2 standardised).
+   ``--set mtdt.state_norm=false``; seed 1, 5 episodes): raw, the actions of three episodes of different
+   variations were identical step for step, the cross-entropy rose only 1.85 -> 1.87 with the states shuffled
+   across the batch but to 2.83 with the timesteps shuffled, and success stayed 0; standardised, the
+   cross-entropy was 1.72 (3.22 with states shuffled) and success 0.6 at 2,000 updates (hammer-v3: 0.0 raw, 0.2
+   standardised).
 2. :class:`MultiTaskDTAgent` (``mtdt``): the action models' behaviour cloning (:class:`agents.action_model
    .ActionModelAgent`: AdamW, warm-up and cosine decay, clipping, cross-entropy over valid action dimensions,
    per-task evaluation) with this model and its tokens. It is the pre-training stage of L2M and of its

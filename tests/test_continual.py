@@ -62,8 +62,9 @@ def test_each_method_learns_the_stages_from_the_pretrained_model(setup, method):
     frozen = method in ("lora", "lora_oracle", "l2m", "l2p")
     unchanged = all(torch.equal(v, after[base_key(k, method)]) for k, v in before.items())
     assert unchanged == frozen  # the frozen methods keep it bit for bit
-    assert bool((before["state_scale"] != 1).any())  # the pre-training data's state statistics, kept by every
-    assert all(torch.equal(before[k], after[k]) for k in ("state_mean", "state_scale"))  # method
+    # the pre-training data's state statistics, kept by every method
+    assert bool((before["state_scale"] != 1).any())
+    assert all(torch.equal(before[k], after[k]) for k in ("state_mean", "state_scale"))
     if method == "l2m":
         assert after["modulation.a_q"].shape[0] == 30 and "pool.keys" in after
         assert set(evaluations[1]["key_accuracy"]) == {"hammer-v3"}  # the end of stage 1: one task learned

@@ -76,8 +76,7 @@ def test_standardised_states_enter_the_model_as_z_scores_and_constant_dimensions
     z = x["states"].clone()
     z[..., 0], z[..., 3] = (z[..., 0] - 3.0) / std0, (z[..., 3] - 0.4) / std3
     torch.testing.assert_close(standardised, raw(**{**x, "states": z}))
-    assert set(net.state_dict()) - set(raw.state_dict()) == set()  # buffers: carried by every checkpoint
-    assert {"state_mean", "state_scale"} <= set(net.state_dict())
+    assert {"state_mean", "state_scale"} <= set(net.state_dict())  # buffers: carried by every checkpoint
 
 
 def test_the_pretraining_agent_runs_and_refuses_discrete_domains(tmp_path, capsys):

@@ -211,7 +211,8 @@ def l2m(args) -> None:
     oracle_learned = interval_order(stats[(ORACLE, "average")], (0.0, 0.0)) == 1  # matching needs something to match
     lines += ["## Verdicts (one rule: a claim holds where the 95% intervals separate in its favour, is refuted "
               "where they separate against it, and is undecided where they overlap; a claim of matching is "
-              "not refuted by an overlap)", "",
+              "not refuted by an overlap, but is undecided where what it is matched against cannot be told from "
+              "0)", "",
               f"- Fine-tuning forgets (its forgetting above 0): {separated[forget_ft]} "
               f"({fmt(stats[(FT, 'forgetting')])}).",
               "- L2M retains earlier tasks where fine-tuning forgets (L2M's forgetting below ft's): "
