@@ -54,7 +54,8 @@ from agents.networks import (
     to_channels_last,
 )
 from configs import ConfigError, param
-from envs import Episode
+from envs import Episode, VecStep
+from envs.base import SplitVecEnv, shift_episodes
 from plasticity.policy import clip_fraction, kl_k1, kl_k3, trust_region_ratios
 
 
@@ -303,35 +304,81 @@ class PPO(Agent[PPOConfig]):
     # -- 1. collect --------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> list[Episode]:
-        episodes: list[Episode] = []
+        """One rollout of ``num_steps`` steps of every environment. On a :class:`envs.base.SplitVecEnv`
+        (``env.async_halves``) the policy acts on one half while the other half steps (:meth:`_collect_halves`)."""
         self.seconds_env = self.seconds_inference = 0.0
+        episodes = self._collect_halves(self.envs) if isinstance(self.envs, SplitVecEnv) else self._collect_whole()
+        self.env_steps += self.batch_size
+        return episodes
+
+    def _collect_whole(self) -> list[Episode]:
+        episodes: list[Episode] = []
         clock = time.perf_counter
         for t in range(self.num_steps):
             t0 = clock()
-            self.obs[t] = self.next_obs
-            self.valid[t] = ~self.prev_done
-            params, phi = self._policy(self._scaled(self.next_obs))
-            check_finite("policy output", params)
-            action = self.dist.sample(params, self.gen)
-            self.actions[t] = action
-            self.logprobs[t] = self.dist.log_prob(params, action)
-            self.dist_params[t] = params
-            self.features[t] = phi
-            env_actions = self.dist.env_actions(action)
+            env_actions = self._act(t, slice(None))
             t1 = clock()
             step = self.envs.step(env_actions)
             t2 = clock()
             self.seconds_inference += t1 - t0
             self.seconds_env += t2 - t1
-            self.rewards[t] = torch.from_numpy(step.reward).to(self.device)
-            self.terminated[t] = torch.from_numpy(step.terminated).to(self.device)
-            done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
-            self.dones[t] = done
+            done = self._record(t, slice(None), step)
             self.next_obs = torch.from_numpy(step.obs).to(self.device)
             self.prev_done = done
             episodes.extend(step.episodes)
-        self.env_steps += self.batch_size
         return episodes
+
+    def _collect_halves(self, envs: SplitVecEnv) -> list[Episode]:
+        """The rollout as a pipeline over the two halves: send half A's actions, act for half B while A steps, send
+        B's, receive A's step and act for A's next step while B steps, and so on. Each environment's transitions are
+        those of :meth:`_collect_whole`; only the order in which the halves' actions are drawn differs."""
+        episodes: list[Episode] = []
+        clock = time.perf_counter
+        (first, second), (_, k) = envs.halves, envs.offsets
+        cols = (slice(0, k), slice(k, None))
+        self.next_obs, self.prev_done = self.next_obs.clone(), self.prev_done.clone()  # written in place below
+
+        def receive(half: int, t: int) -> None:
+            t0 = clock()
+            step = envs.halves[half].recv()
+            self.seconds_env += clock() - t0
+            self.prev_done[cols[half]] = self._record(t, cols[half], step)
+            self.next_obs[cols[half]] = torch.from_numpy(step.obs).to(self.device)
+            episodes.extend(shift_episodes(step.episodes, envs.offsets[half]))
+
+        start = clock()
+        for t in range(self.num_steps):
+            first.send(self._act(t, cols[0]))
+            if t > 0:
+                receive(1, t - 1)
+            second.send(self._act(t, cols[1]))
+            receive(0, t)
+        receive(1, self.num_steps - 1)
+        self.seconds_inference = clock() - start - self.seconds_env  # acting and storing: what the steps overlap
+        return episodes
+
+    def _act(self, t: int, cols: slice) -> np.ndarray:
+        """Store step ``t``'s observations of environments ``cols`` and the policy's actions for them; return the
+        actions as the environments take them."""
+        obs = self.next_obs[cols]
+        self.obs[t, cols] = obs
+        self.valid[t, cols] = ~self.prev_done[cols]
+        params, phi = self._policy(self._scaled(obs))
+        check_finite("policy output", params)
+        action = self.dist.sample(params, self.gen)
+        self.actions[t, cols] = action
+        self.logprobs[t, cols] = self.dist.log_prob(params, action)
+        self.dist_params[t, cols] = params
+        self.features[t, cols] = phi
+        return self.dist.env_actions(action)
+
+    def _record(self, t: int, cols: slice, step: VecStep) -> Tensor:
+        """Store the rewards and ends of step ``t`` of environments ``cols``; return which of them ended."""
+        self.rewards[t, cols] = torch.from_numpy(step.reward).to(self.device)
+        self.terminated[t, cols] = torch.from_numpy(step.terminated).to(self.device)
+        done = torch.from_numpy(step.terminated | step.truncated).to(self.device)
+        self.dones[t, cols] = done
+        return done
 
     # -- 2.-4. learn -------------------------------------------------------------------------
     def _prepare_batch(self) -> "PPOBatch":

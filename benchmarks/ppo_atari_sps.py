@@ -9,8 +9,9 @@ network-only compute ceiling measured in the same run.
 With ``--peer`` (benchmarks/peers.py): whole-process wall times of CleanRL's ``ppo_atari_envpool.py`` (one shared
 Nature CNN, 8 envs x 128 steps, 4 epochs, 4 minibatches) and of the suite's runs over the same agent steps,
 alternated: ``ppo_pfo`` as configured (the paper's separate actor and critic, fp32, diagnostics on), ``ppo`` with
-``ppo.shared_trunk=true`` (one CNN, as CleanRL's), and ``ppo_pfo`` with ``ppo.precision=bf16``; then the
-start-up cost (process start to the first iteration: imports, environments, networks, the initial checkpoint).
+``ppo.shared_trunk=true`` (one CNN, as CleanRL's), ``ppo_pfo`` with ``ppo.precision=bf16``, and ``ppo_pfo`` and
+the shared trunk with ``env.async_halves=true`` (two envpool pools of 4: the policy acts on one while the other
+steps); then the start-up cost (process start to the first iteration: imports, environments, networks, the initial checkpoint).
 
 Setting (the issue's): Breakout, envpool, 8 envs x 128 steps, 4 epochs, 4 minibatches of 256,
 plasticity diagnostics on at the default schedule. Each repeat alternates
@@ -114,7 +115,13 @@ def against_peer(args: argparse.Namespace) -> None:
                                     [*args.set, "ppo.shared_trunk=true"], args.device),
                 "ppo_pfo, ppo.precision=bf16":
                 lambda r: suite_cmd("ppo_pfo", args.env, args.steps, root, f"bf16-{r}",
-                                    [*args.set, "ppo.precision=bf16"], args.device)}
+                                    [*args.set, "ppo.precision=bf16"], args.device),
+                "ppo_pfo, env.async_halves=true (fp32, diagnostics on)":
+                lambda r: suite_cmd("ppo_pfo", args.env, args.steps, root, f"pfo-halves-{r}",
+                                    [*args.set, "env.async_halves=true"], args.device),
+                "ppo, ppo.shared_trunk=true, env.async_halves=true":
+                lambda r: suite_cmd("ppo", args.env, args.steps, root, f"shared-halves-{r}",
+                                    [*args.set, "ppo.shared_trunk=true", "env.async_halves=true"], args.device)}
         walls = side_by_side(peer_cmd, arms, args.repeats, folder, args.peer_pythonpath)
         shares = [time_shares(root / "bench" / f"pfo-{r}" / "metrics.csv") for r in range(args.repeats)]
         # start-up: a one-iteration run's wall time less that iteration's own time (1024 / charts/sps)

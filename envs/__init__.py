@@ -39,6 +39,9 @@ class EnvConfig:
     full_action_space: bool = param("All 18 Atari actions (MinAtar: all 6) instead of the minimal set")
     image_size: int = param("Observation height and width after resizing (Atari)", min=8)
     stack: int = param("Frames stacked per observation (Atari)", min=1)
+    async_halves: bool = param("Step the environments as two batches of num_envs / 2 so that PPO's policy acts on "
+                               "one while the other steps (Atari; overlaps only on envpool, whose steps run in its "
+                               "threads); each environment's game is the same", default=False)
 
 
 def canonical_id(suite: str, env_id: str) -> str:

@@ -79,12 +79,22 @@ class VecEnv(ABC):
     #: True when get_state() captures the emulator itself (exact resume); False when only
     #: bookkeeping survives and episodes restart from fresh resets after a resume.
     can_save_state: bool = True
+    _sent: VecStep  # the step that send() made, for recv() (back ends that step synchronously)
 
     @abstractmethod
     def reset(self) -> np.ndarray: ...
 
     @abstractmethod
     def step(self, actions: np.ndarray) -> VecStep: ...
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start a step; :meth:`recv` finishes it. Back ends that step in the background (envpool) return at once,
+        so that the caller can work meanwhile; the others step here. ``send`` then ``recv`` equals :meth:`step`."""
+        self._sent = self.step(actions)
+
+    def recv(self) -> VecStep:
+        """The step that :meth:`send` started."""
+        return self._sent
 
     @abstractmethod
     def get_state(self) -> dict[str, Any]: ...
@@ -141,7 +151,14 @@ class EnvpoolVecEnv(VecEnv):
         return self._observe(obs)
 
     def step(self, actions: np.ndarray) -> VecStep:
-        obs, reward, terminated, truncated, info = self._env.step(np.asarray(actions, dtype=np.int32))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        self._env.send(np.asarray(actions, dtype=np.int32))  # the pool's threads step while the caller goes on
+
+    def recv(self) -> VecStep:
+        obs, reward, terminated, truncated, info = self._env.recv(reset=False, return_info=True)
         learn, score, ended = self._read(reward, terminated, truncated, info)
         counted = ~self._was_done
         episodes = self._tracker.update(score, counted, ended & counted)
@@ -156,3 +173,73 @@ class EnvpoolVecEnv(VecEnv):
 
     def close(self) -> None:
         self._env.close()
+
+
+class SplitVecEnv(VecEnv):
+    """Two batches of environments as one: environments ``0 .. k-1`` are the first's, ``k ..`` the second's.
+
+    Stepping both through :meth:`step` is stepping one batch of ``num_envs``. The point of the split is
+    :attr:`halves`: a caller that sends one half's actions and computes the other half's meanwhile (PPO's rollout,
+    ``agents.ppo``) overlaps environment stepping with policy inference, on back ends whose :meth:`VecEnv.send`
+    returns at once. Each environment's own sequence of observations, actions and rewards is the same either way.
+    """
+
+    def __init__(self, first: VecEnv, second: VecEnv):
+        if first.single_observation_space != second.single_observation_space \
+                or first.single_action_space != second.single_action_space:
+            raise ValueError("the halves of a SplitVecEnv must have the same spaces")
+        self.halves = (first, second)
+        self.num_envs = first.num_envs + second.num_envs
+        self.single_observation_space, self.single_action_space = first.single_observation_space, \
+            first.single_action_space
+        self.frame_skip = first.frame_skip
+        self.can_save_state = first.can_save_state and second.can_save_state
+        self.render_fps = first.render_fps
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """The index of each half's first environment."""
+        return 0, self.halves[0].num_envs
+
+    def reset(self) -> np.ndarray:
+        return np.concatenate([half.reset() for half in self.halves])
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        k = self.halves[0].num_envs
+        self.halves[0].send(actions[:k])
+        self.halves[1].send(actions[k:])
+        return join_steps([half.recv() for half in self.halves], self.offsets)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"backend": "split", "halves": [half.get_state() for half in self.halves]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for half, part in zip(self.halves, state["halves"], strict=True):
+            half.set_state(part)
+
+    def adopt_preprocessing(self, state: dict[str, Any]) -> None:
+        for half, part in zip(self.halves, state["halves"], strict=True):
+            half.adopt_preprocessing(part)
+
+    def enable_rendering(self) -> None:
+        for half in self.halves:
+            half.enable_rendering()
+
+    def render(self) -> list[np.ndarray]:
+        return [frame for half in self.halves for frame in half.render()]
+
+    def close(self) -> None:
+        for half in self.halves:
+            half.close()
+
+
+def shift_episodes(episodes: list[Episode], offset: int) -> list[Episode]:
+    """A half's finished episodes with their environment indices in the whole batch."""
+    return [Episode(e.ret, e.length, e.env_index + offset) for e in episodes]
+
+
+def join_steps(steps: list[VecStep], offsets: tuple[int, ...]) -> VecStep:
+    """The halves' steps as one step of the whole batch."""
+    return VecStep(np.concatenate([s.obs for s in steps]), np.concatenate([s.reward for s in steps]),
+                   np.concatenate([s.terminated for s in steps]), np.concatenate([s.truncated for s in steps]),
+                   [e for s, off in zip(steps, offsets) for e in shift_episodes(s.episodes, off)])

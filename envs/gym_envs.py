@@ -24,7 +24,7 @@ import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -58,6 +58,8 @@ class GymEnvConfig:
 
 
 ObsTransform = Callable[[np.ndarray], np.ndarray]
+#: what the agent learns from: the raw reward, its sign (Atari's clip), or the reward clamped to [-1, 1] (NLE's)
+RewardClip = Literal["none", "sign", "clamp"]
 
 
 def check_spaces(env_id: str, observation: gym.Space, action: gym.Space) -> None:
@@ -96,12 +98,13 @@ class GymVecEnv(VecEnv):
     """``num_envs`` gymnasium environments in gymnasium's ``SyncVectorEnv`` with next-step autoreset.
 
     ``obs_transform`` maps a batch of raw observations to what the agents see (default: float32; a Discrete
-    space one-hot). ``normalize_obs``/``time_aware``: the module docstring.
+    space one-hot). ``normalize_obs``/``time_aware``: the module docstring. ``reward_clip``: :data:`RewardClip`;
+    episode returns stay unclipped.
     """
 
     def __init__(self, make_env: Callable[..., gym.Env], num_envs: int, seed: int,
                  obs_transform: ObsTransform | None = None, normalize_obs: bool = False, obs_norm_steps: int = 2000,
-                 time_aware: bool = False, reward_clip: bool = False, processes: bool = False):
+                 time_aware: bool = False, reward_clip: RewardClip = "none", processes: bool = False):
         self._make = make_env
         self._processes = processes
         self.vec: gym.vector.VectorEnv
@@ -123,6 +126,8 @@ class GymVecEnv(VecEnv):
             n = int(env.observation_space.n)
             obs_transform = lambda o: np.eye(n, dtype=np.float32)[np.asarray(o, np.int64)]  # noqa: E731
         self._transform = obs_transform or (lambda o: np.asarray(o, dtype=np.float32))
+        if reward_clip not in ("none", "sign", "clamp"):  # a bool here would silently mean "none"
+            raise ValueError(f"reward_clip is 'none', 'sign' or 'clamp', got {reward_clip!r}")
         self._normalize, self._norm_steps, self._reward_clip = normalize_obs, obs_norm_steps, reward_clip
         self._horizon = env.spec.max_episode_steps if env.spec is not None else None
         if time_aware and not self._horizon:
@@ -192,7 +197,8 @@ class GymVecEnv(VecEnv):
         self._steps = np.where(self._was_done, 0, self._steps + 1)
         episodes = self._tracker.update(raw, ~self._was_done, term | trunc)
         self._was_done = term | trunc
-        reward = np.sign(raw) if self._reward_clip else raw
+        reward = np.sign(raw) if self._reward_clip == "sign" else np.clip(raw, -1, 1) if self._reward_clip == "clamp" \
+            else raw
         return VecStep(self._observe(self._transform(raw_obs), self._steps), reward.astype(np.float32), term, trunc,
                        episodes)
 

@@ -148,4 +148,4 @@ def make_minigrid(cfg: MiniGridConfig, env_id: str, seed: int) -> VecEnv:
     def make(**kwargs) -> gym.Env:
         return MiniGridObservation(gym.make(env_id, max_episode_steps=limit, **kwargs), env_id)
     return GymVecEnv(make, cfg.num_envs, seed, obs_transform=lambda o: np.asarray(o, np.float32),
-                     reward_clip=cfg.reward_clip)
+                     reward_clip="sign" if cfg.reward_clip else "none")

@@ -11,9 +11,10 @@ NLE games run in C behind a Python binding that cannot be pickled, so they are s
 (gymnasium's ``AsyncVectorEnv``) and a resumed run starts fresh games (the games in progress at the checkpoint are
 dropped, as with envpool). Rewards are NLE's: the in-game score's change for ``NetHackScore``; the task's own
 time limit applies (NLE's ``max_episode_steps``, 5,000 for ``NetHackScore-v0``) unless ``env.max_episode_steps``
-sets one. Rewards are learned from as they are (``env.reward_clip`` false): the NLE baseline clamps them to
-[-1, 1], and this suite's clip, sign(), would turn NetHackScore's -0.01 per-step penalty into -1 (measured: a PPO
-run with it learned to end games quickly and scored below a random policy).
+sets one. ``env.reward_clip`` clamps the learning reward to [-1, 1] as the NLE baseline does (its default
+``--reward_clipping abs_one``), not to its sign as the other suites' clip does: sign() would turn NetHackScore's -0.01
+penalty for actions that take no game time into -1 (measured: a PPO run with sign() learned to end games quickly and
+scored below a random policy).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class NetHackConfig:
     id: str = param("Registered NLE task id (python -m runners.nethack --help lists them)")
     num_envs: int = param("Games stepped in parallel, one worker process each", min=1)
     max_episode_steps: int = param("Time limit in steps (0: the task's own)", min=0)
-    reward_clip: bool = param("Learn from sign(reward); episode returns stay unclipped")
+    reward_clip: bool = param("Learn from the reward clamped to [-1, 1] (the NLE baseline's abs_one clipping); "
+                              "episode returns stay unclipped")
 
 
 @functools.cache
@@ -75,4 +77,4 @@ def make_nethack(cfg: NetHackConfig, env_id: str, seed: int) -> VecEnv:
         import nle  # noqa: F401  (registers the ids in a worker process)
         kw: dict[str, Any] = {"max_episode_steps": limit} if limit else {}
         return FlatObservation(gym.make(env_id, observation_keys=tuple(k for k, _ in LAYOUT), **kw, **kwargs))
-    return GymVecEnv(make, cfg.num_envs, seed, reward_clip=cfg.reward_clip, processes=True)
+    return GymVecEnv(make, cfg.num_envs, seed, reward_clip="clamp" if cfg.reward_clip else "none", processes=True)

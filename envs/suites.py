@@ -90,7 +90,7 @@ def _plain_env(env_id: str, num_envs: int):
     from envs import EnvConfig
     return EnvConfig(id=env_id, backend="envpool", num_envs=num_envs, threads=0, frame_skip=1, max_pool=True,
                      sticky_action_prob=0.0, noop_max=1, fire_reset=False, episodic_life=False, reward_clip=False,
-                     max_episode_frames=0, full_action_space=False, image_size=84, stack=1)
+                     max_episode_frames=0, full_action_space=False, image_size=84, stack=1, async_halves=False)
 
 
 def _plain_gym(env_id: str, num_envs: int):
@@ -111,9 +111,19 @@ def _atari_games() -> list[str]:
 
 
 def _make_atari(cfg, env_id: str, seed: int):
+    import dataclasses
+
     from envs.atari import ALEAtari, EnvpoolAtari
+    from envs.base import SplitVecEnv
     cfg.id = env_id
-    return EnvpoolAtari(cfg, seed) if cfg.backend == "envpool" else ALEAtari(cfg, seed)
+    kind = EnvpoolAtari if cfg.backend == "envpool" else ALEAtari
+    if not cfg.async_halves:
+        return kind(cfg, seed)
+    if cfg.num_envs < 2:
+        raise ConfigError(f"env.async_halves needs at least 2 environments, got env.num_envs={cfg.num_envs}")
+    k = cfg.num_envs // 2  # both back ends seed environment i with seed + i: the same games as one batch
+    return SplitVecEnv(kind(dataclasses.replace(cfg, num_envs=k), seed),
+                       kind(dataclasses.replace(cfg, num_envs=cfg.num_envs - k), seed + k))
 
 
 def _minatar_games() -> list[str]:
@@ -195,7 +205,7 @@ def _make_gym(cfg, env_id: str, seed: int):
         except (gym.error.DependencyNotInstalled, ImportError) as exc:
             raise ConfigError(f"{env_id} needs a package that is not installed: {exc}") from None
     return GymVecEnv(make, cfg.num_envs, seed, normalize_obs=cfg.normalize_obs, obs_norm_steps=cfg.obs_norm_steps,
-                     time_aware=cfg.time_aware, reward_clip=cfg.reward_clip)
+                     time_aware=cfg.time_aware, reward_clip="sign" if cfg.reward_clip else "none")
 
 
 #: the MuJoCo tasks of the PFO paper (Moalla et al. 2024), at gymnasium's v5

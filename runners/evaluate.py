@@ -1,12 +1,13 @@
-"""``python -m runners.evaluate RUN_DIR [--checkpoint NAME] [--episodes 10] [--stochastic] [--video]``: roll out a
-saved policy.
+"""``python -m runners.evaluate RUN_DIR [--checkpoint NAME] [--episodes 10] [--stochastic | --random] [--video]``:
+roll out a saved policy.
 
 The run's own config rebuilds its agent and environments (the training protocol: Atari's frame skip, sticky
 actions and no-ops; the observation normalisation statistics of the run), on environments seeded apart from
 training's (``--seed``). Episodes are real ones (game overs, not lost lives). Each of the ``num_envs``
 environments plays its share of the episodes, in order, so that short episodes are not over-represented (taking
 the first N to finish would be). Actions are the policy's most likely ones, or drawn from it with
-``--stochastic`` (:meth:`agents.base.Agent.policy_actions`).
+``--stochastic`` (:meth:`agents.base.Agent.policy_actions`). ``--random`` plays uniformly random actions instead,
+under the same protocol, seeds and episode shares: the baseline to compare a trained policy with.
 
 Prints the mean and the interquartile mean (IQM) of the returns with 95% percentile-bootstrap intervals over
 episodes, and appends the evaluation to ``RUN_DIR/eval.json`` (written atomically; earlier entries are kept).
@@ -101,9 +102,26 @@ class EpisodeVideos:
             self.end(i, keep=False)
 
 
-def video_folder(run_dir: Path, checkpoint: str, deterministic: bool, seed: int) -> Path:
+class RandomPolicy:
+    """Uniformly random actions for :func:`rollout` (``--random``): a Discrete space's actions, or a Box's drawn
+    uniformly between its bounds, from the rollout's generator."""
+
+    def __init__(self, envs: Any):
+        self.envs = envs
+
+    def policy_actions(self, obs: np.ndarray, deterministic: bool, generator: Any) -> np.ndarray:
+        import gymnasium as gym
+        import torch
+        space = self.envs.single_action_space
+        if isinstance(space, gym.spaces.Box):
+            u = torch.rand((len(obs), *space.shape), generator=generator, dtype=torch.float64).numpy()
+            return (space.low + u * (space.high - space.low)).astype(np.float32)
+        return torch.randint(int(space.n), (len(obs),), generator=generator).numpy()
+
+
+def video_folder(run_dir: Path, checkpoint: str, actions: str, seed: int) -> Path:
     """A new folder for this evaluation's videos (a suffix when one of that name exists)."""
-    base = f"{Path(checkpoint).stem}-{'deterministic' if deterministic else 'stochastic'}-s{seed}"
+    base = f"{Path(checkpoint).stem}-{actions}-s{seed}"
     folder, n = run_dir / "videos" / base, 1
     while folder.exists():
         n += 1
@@ -247,16 +265,18 @@ def record_episodes(run_dir: Path, episodes: int, seed: int, env_changes: dict[s
 
 
 def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool, seed: int, device: str,
-             progress: bool, video: bool = False) -> dict[str, Any]:
+             progress: bool, video: bool = False, random: bool = False) -> dict[str, Any]:
+    """Play ``episodes`` episodes of the run's policy at ``checkpoint`` (with ``random``: of uniformly random actions
+    on the same environments, no checkpoint read) and append the record to ``RUN_DIR/eval.json``."""
     import torch
 
     from envs import make_vec_env
     from runners.rundir import open_run
     from runners.storage import atomic_write_json, make_dir
     from runners.train import env_seed, resolve_device
-    run = open_run(run_dir, checkpoint=checkpoint)
-    ckpt_path = run.ckpt_dir / checkpoint
-    ckpt = run.load_checkpoint(ckpt_path)
+    run = open_run(run_dir, checkpoint=None if random else checkpoint)
+    ckpt = None if random else run.load_checkpoint(run.ckpt_dir / checkpoint)
+    actions = "random" if random else "deterministic" if deterministic else "stochastic"
     record = run_dir / "eval.json"
     earlier = read_evaluations(record)  # refuse before any work when it cannot be extended
     sections = run.sections
@@ -269,10 +289,10 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
             sections["env"].backend = render_backend  # envpool keeps no colour frames: the suite's other back end
     envs = make_vec_env(run.suite, sections["env"], env_seed(sections["run"].seed) + EVAL_SEED_OFFSET + seed)
     try:
-        agent = restore_policy(run, ckpt, envs, resolve_device(device))
+        agent = RandomPolicy(envs) if ckpt is None else restore_policy(run, ckpt, envs, resolve_device(device))
         if video:
             envs.enable_rendering()
-            recorder = EpisodeVideos(envs, video_folder(run_dir, checkpoint, deterministic, seed))
+            recorder = EpisodeVideos(envs, video_folder(run_dir, "none" if random else checkpoint, actions, seed))
             make_dir(recorder.folder)
         t0 = time.perf_counter()
         played = rollout(agent, episodes, deterministic, seed, progress, recorder)
@@ -287,9 +307,10 @@ def evaluate(run_dir: Path, checkpoint: str, episodes: int, deterministic: bool,
     finally:
         envs.close()
     returns = np.array([e["return"] for e in played])
-    entry = {"checkpoint": checkpoint, "env_steps": int(ckpt["agent"]["env_steps"]), "episodes": episodes,
-             "actions": "deterministic" if deterministic else "stochastic", "seed": seed,
-             "env": sections["env"].id, "agent": run.spec.name, **summarise(returns),
+    entry = {"checkpoint": None if ckpt is None else checkpoint,
+             "env_steps": 0 if ckpt is None else int(ckpt["agent"]["env_steps"]), "episodes": episodes,
+             "actions": actions, "seed": seed, "env": sections["env"].id, "agent": run.spec.name,
+             **summarise(returns),
              "mean_length": float(np.mean([e["length"] for e in played])), "seconds": round(seconds, 2),
              "returns": returns.tolist(), "lengths": [e["length"] for e in played],
              "videos": [str(p.relative_to(run_dir)) for p in recorder.kept] if recorder is not None else [],
@@ -309,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely action; epsilon-greedy agents use their final epsilon)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (environments and sampling)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--random", action="store_true", help="uniformly random actions on the run's environments "
+                        "instead of its policy (no checkpoint is read): the baseline under the same protocol")
     parser.add_argument("--video", action="store_true", help="an MP4 per episode under RUN_DIR/videos/ (the video "
                         "extra)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -320,12 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise ConfigError(f"--episodes must be at least 1, got {args.episodes}")
+        if args.random and args.stochastic:
+            raise ConfigError("--random and --stochastic exclude each other (random actions are not the policy's)")
         entry = evaluate(args.run_dir, args.checkpoint, args.episodes, not args.stochastic, args.seed, args.device,
-                         progress=not args.no_progress and sys.stderr.isatty(), video=args.video)
+                         progress=not args.no_progress and sys.stderr.isatty(), video=args.video, random=args.random)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.run_dir} {args.checkpoint} ({entry['env_steps']} steps), {entry['episodes']} {entry['actions']} "
+    what = "uniformly random actions" if args.random else f"{args.checkpoint} ({entry['env_steps']} steps)"
+    print(f"{args.run_dir} {what}, {entry['episodes']} {entry['actions']} "
           f"episodes of {entry['env']}: mean {entry['mean']:.2f} [{entry['mean_lo']:.2f}, {entry['mean_hi']:.2f}], "
           f"IQM {entry['iqm']:.2f} [{entry['iqm_lo']:.2f}, {entry['iqm_hi']:.2f}] (95% bootstrap over episodes); "
           f"written to {args.run_dir / 'eval.json'}"

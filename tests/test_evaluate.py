@@ -9,7 +9,7 @@ import pytest
 from envs import Episode, VecStep
 from envs.gym_envs import GymVecEnv
 from runners.cli import main as train
-from runners.evaluate import main, rollout, summarise
+from runners.evaluate import RandomPolicy, main, rollout, summarise
 
 
 class Lengths:
@@ -76,8 +76,40 @@ def test_evaluate_records_every_evaluation_and_keeps_earlier_ones(run_dir, capsy
     assert first["mean"] == pytest.approx(np.mean(first["returns"])) and first["env_steps"] == 2048
 
 
+def test_random_actions_cover_the_space_and_follow_the_generator():
+    import torch
+    discrete = RandomPolicy(SimpleNamespace(single_action_space=gym.spaces.Discrete(3)))
+    drawn = discrete.policy_actions(np.zeros((300, 1)), True, torch.Generator().manual_seed(0))
+    assert drawn.shape == (300,) and set(drawn.tolist()) == {0, 1, 2} and 70 < np.sum(drawn == 2) < 130
+    again = discrete.policy_actions(np.zeros((300, 1)), True, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(drawn, again)
+    bounds = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 0.5], np.float32))
+    box = RandomPolicy(SimpleNamespace(single_action_space=bounds))
+    u = box.policy_actions(np.zeros((500, 1)), True, torch.Generator().manual_seed(0))
+    assert u.shape == (500, 2) and u.dtype == np.float32
+    assert (u[:, 0] >= -2).all() and (u[:, 0] <= 2).all() and (u[:, 1] >= 0).all() and (u[:, 1] <= 0.5).all()
+    assert u[:, 0].min() < -1.5 and u[:, 0].max() > 1.5  # spread over the bounds, not near one point
+
+
+def test_random_baseline_plays_the_runs_environments_without_its_checkpoint(run_dir, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    (copy / "eval.json").unlink(missing_ok=True)
+    for ckpt in (copy / "checkpoints").iterdir():  # the random baseline needs the run's protocol, not its weights
+        ckpt.write_bytes(b"corrupt")
+    assert main([str(copy), "--random", "--episodes", "8", "--no-progress"]) == 0
+    assert "uniformly random actions, 8 random episodes of CartPole-v1: mean" in capsys.readouterr().out
+    assert main([str(copy), "--random", "--episodes", "8", "--no-progress"]) == 0
+    first, second = json.loads((copy / "eval.json").read_text())["evaluations"]
+    assert (first["actions"], first["checkpoint"], first["env_steps"]) == ("random", None, 0)
+    assert first["returns"] == second["returns"]  # same seed, same environments and draws
+    assert 10 < first["mean"] < 40  # CartPole under random actions lasts about 22 steps
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--random", "--stochastic"], "--random and --stochastic exclude each other"),
     (["--checkpoint", "step_9.pt"], "missing checkpoints/step_9.pt"),
 ])
 def test_bad_input_is_one_line_and_status_2(run_dir, argv, message, capsys):

@@ -55,6 +55,31 @@ def test_normalisation_statistics_come_from_separate_random_steps_and_are_saved(
     np.testing.assert_array_equal(restored.step(actions).obs, normed.step(actions).obs)
 
 
+class ScriptedRewards(gym.Env):
+    """Rewards -5, -0.01, 0.5, 3 in turn, then the episode ends."""
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    REWARDS = (-5.0, -0.01, 0.5, 3.0)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), self.REWARDS[self.t - 1], self.t == 4, False, {}
+
+
+@pytest.mark.parametrize("clip,learned", [("none", [-5.0, -0.01, 0.5, 3.0]), ("sign", [-1.0, -1.0, 1.0, 1.0]),
+                                          ("clamp", [-1.0, -0.01, 0.5, 1.0])])
+def test_learning_rewards_by_hand_and_returns_unclipped(clip, learned):
+    env = GymVecEnv(ScriptedRewards, 1, seed=0, reward_clip=clip)
+    env.reset()
+    steps = [env.step(np.zeros(1, np.int64)) for _ in range(4)]
+    assert [s.reward[0] for s in steps] == pytest.approx(learned)
+    assert steps[-1].episodes[0].ret == pytest.approx(-1.51)  # the episode's return is the raw rewards' sum
+
+
 def test_unsupported_spaces_are_refused_with_what_is_valid():
     with pytest.raises(ConfigError, match="Box or Discrete observations"):
         GymVecEnv(lambda: gym.make("DictObs-v0"), 1, seed=0)

@@ -1,6 +1,7 @@
 """NetHack (nle): the flat observation and the baseline encoder by hand, the process-vectorised suite, a short run
 with resume, bad input."""
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 pytest.importorskip("nle")
 
 from agents.networks import NetHackEncoder, nethack_net  # noqa: E402
+from configs import load_layers  # noqa: E402
 from envs.nethack import LAYOUT, OBS_SIZE, NetHackConfig, flatten, make_nethack  # noqa: E402
 from runners.cli import main  # noqa: E402
 
@@ -54,6 +56,17 @@ def test_suite_steps_games_in_processes_and_the_network_reads_them():
         assert net.encoder.out_dim == 32 + 8 * 21 * 79 + 8 * 9 * 9 + 128
     finally:
         envs.close()
+
+
+def test_the_reward_clip_is_the_nle_baselines_clamp_not_sign():
+    envs = make_nethack(NetHackConfig(id="NetHackScore-v0", num_envs=1, max_episode_steps=0, reward_clip=True),
+                        "NetHackScore-v0", seed=0)
+    try:
+        assert envs._reward_clip == "clamp"  # GymVecEnv's clamp to [-1, 1] is tested by hand in test_gym_suite
+    finally:
+        envs.close()
+    suite_defaults = load_layers([Path(__file__).parents[1] / "configs" / "nethack.yaml"])[0]
+    assert suite_defaults["env"]["reward_clip"] is True
 
 
 def test_short_run_resumes_with_fresh_games(tmp_path):
