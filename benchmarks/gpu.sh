@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The PPO benchmark against CleanRL's PPO on a GPU, for a session that has one: about 8 minutes.
+# The PPO benchmark against CleanRL's PPO on a GPU, for a session that has one (its arms include env.async_halves,
+# the overlap of envpool's stepping with inference, which costs time on 2 CPU cores): estimated under 10 minutes (not yet
+# run on a GPU: no session so far had one).
 # Needs CleanRL fetched to /tmp/cleanrl and tyro in /tmp/peer-site (results/BENCHMARKS.md says how).
 #   bash benchmarks/gpu.sh > /tmp/gpu-bench.txt
 set -euo pipefail
