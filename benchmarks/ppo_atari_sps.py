@@ -11,7 +11,8 @@ Nature CNN, 8 envs x 128 steps, 4 epochs, 4 minibatches) and of the suite's runs
 alternated: ``ppo_pfo`` as configured (the paper's separate actor and critic, fp32, diagnostics on), ``ppo`` with
 ``ppo.shared_trunk=true`` (one CNN, as CleanRL's), ``ppo_pfo`` with ``ppo.precision=bf16``, and ``ppo_pfo`` and
 the shared trunk with ``env.async_halves=true`` (two envpool pools of 4: the policy acts on one while the other
-steps); then the start-up cost (process start to the first iteration: imports, environments, networks, the initial checkpoint).
+steps); then the start-up cost (process start to the first iteration: imports, environments, networks, the
+initial checkpoint).
 
 Setting (the issue's): Breakout, envpool, 8 envs x 128 steps, 4 epochs, 4 minibatches of 256,
 plasticity diagnostics on at the default schedule. Each repeat alternates
