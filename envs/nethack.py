@@ -68,6 +68,25 @@ class FlatObservation(gym.ObservationWrapper):
         return flatten(obs)
 
 
+class SeededGames(gym.Wrapper):
+    """NLE ignores gymnasium's reset seed and starts every game from fresh random seeds (two environments reset with
+    the same seed play different games). Here a seeded reset seeds a generator, and every game, the first and each
+    one after it, takes NLE's core and display seeds from it: a run's and an evaluation's games follow from their
+    seeds."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._games: np.random.Generator | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        if seed is not None:
+            self._games = np.random.default_rng(seed)
+        if self._games is not None:
+            core, disp = (int(x) for x in self._games.integers(0, 2**62, 2))
+            self.env.unwrapped.seed(core=core, disp=disp, reseed=False)  # type: ignore[attr-defined]  # NLE's own
+        return self.env.reset(options=options)
+
+
 def make_nethack(cfg: NetHackConfig, env_id: str, seed: int) -> VecEnv:
     from envs.gym_envs import GymVecEnv
     nethack_ids()
@@ -76,5 +95,6 @@ def make_nethack(cfg: NetHackConfig, env_id: str, seed: int) -> VecEnv:
     def make(**kwargs) -> gym.Env:
         import nle  # noqa: F401  (registers the ids in a worker process)
         kw: dict[str, Any] = {"max_episode_steps": limit} if limit else {}
-        return FlatObservation(gym.make(env_id, observation_keys=tuple(k for k, _ in LAYOUT), **kw, **kwargs))
+        return FlatObservation(SeededGames(gym.make(env_id, observation_keys=tuple(k for k, _ in LAYOUT), **kw,
+                                                     **kwargs)))
     return GymVecEnv(make, cfg.num_envs, seed, reward_clip="clamp" if cfg.reward_clip else "none", processes=True)

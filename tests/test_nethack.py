@@ -3,6 +3,7 @@ with resume, bad input."""
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,20 @@ def test_suite_steps_games_in_processes_and_the_network_reads_them():
         assert net.encoder.out_dim == 32 + 8 * 21 * 79 + 8 * 9 * 9 + 128
     finally:
         envs.close()
+
+
+def test_games_follow_from_the_seed_across_resets():
+    from envs.nethack import SeededGames
+
+    def games(seed):
+        env = SeededGames(gym.make("NetHackScore-v0", observation_keys=("glyphs",)))
+        first = env.reset(seed=seed)[0]["glyphs"].copy()
+        second = env.reset()[0]["glyphs"].copy()  # an autoreset's: no seed given
+        env.close()
+        return first, second
+    a, b, c = games(3), games(3), games(4)
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert not (a[0] == c[0]).all() and not (a[0] == a[1]).all()
 
 
 def test_the_reward_clip_is_the_nle_baselines_clamp_not_sign():
