@@ -9,7 +9,8 @@ rollout storage, probes and diagnostics need no dictionary observations.
 
 NLE games run in C behind a Python binding that cannot be pickled, so they are stepped in worker processes
 (gymnasium's ``AsyncVectorEnv``) and a resumed run starts fresh games (the games in progress at the checkpoint are
-dropped, as with envpool). Rewards are NLE's: the in-game score's change for ``NetHackScore``; the task's own
+dropped, as with envpool). NLE ignores gymnasium's reset seed, so :class:`SeededGames` seeds every game from the
+environment's seed. Rewards are NLE's: the in-game score's change for ``NetHackScore``; the task's own
 time limit applies (NLE's ``max_episode_steps``, 5,000 for ``NetHackScore-v0``) unless ``env.max_episode_steps``
 sets one. ``env.reward_clip`` clamps the learning reward to [-1, 1] as the NLE baseline does (its default
 ``--reward_clipping abs_one``), not to its sign as the other suites' clip does: sign() would turn NetHackScore's -0.01
