@@ -60,6 +60,8 @@ class GymEnvConfig:
 ObsTransform = Callable[[np.ndarray], np.ndarray]
 #: what the agent learns from: the raw reward, its sign (Atari's clip), or the reward clamped to [-1, 1] (NLE's)
 RewardClip = Literal["none", "sign", "clamp"]
+REWARD_CLIPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda r: r, "sign": np.sign, "clamp": lambda r: np.clip(r, -1, 1)}
 
 
 def check_spaces(env_id: str, observation: gym.Space, action: gym.Space) -> None:
@@ -126,8 +128,8 @@ class GymVecEnv(VecEnv):
             n = int(env.observation_space.n)
             obs_transform = lambda o: np.eye(n, dtype=np.float32)[np.asarray(o, np.int64)]  # noqa: E731
         self._transform = obs_transform or (lambda o: np.asarray(o, dtype=np.float32))
-        if reward_clip not in ("none", "sign", "clamp"):  # a bool here would silently mean "none"
-            raise ValueError(f"reward_clip is 'none', 'sign' or 'clamp', got {reward_clip!r}")
+        if reward_clip not in REWARD_CLIPS:  # a bool here would silently mean "none"
+            raise ValueError(f"reward_clip is one of {', '.join(REWARD_CLIPS)}, got {reward_clip!r}")
         self._normalize, self._norm_steps, self._reward_clip = normalize_obs, obs_norm_steps, reward_clip
         self._horizon = env.spec.max_episode_steps if env.spec is not None else None
         if time_aware and not self._horizon:
@@ -197,8 +199,7 @@ class GymVecEnv(VecEnv):
         self._steps = np.where(self._was_done, 0, self._steps + 1)
         episodes = self._tracker.update(raw, ~self._was_done, term | trunc)
         self._was_done = term | trunc
-        reward = np.sign(raw) if self._reward_clip == "sign" else np.clip(raw, -1, 1) if self._reward_clip == "clamp" \
-            else raw
+        reward = REWARD_CLIPS[self._reward_clip](raw)
         return VecStep(self._observe(self._transform(raw_obs), self._steps), reward.astype(np.float32), term, trunc,
                        episodes)
 
