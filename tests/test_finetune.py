@@ -26,23 +26,19 @@ TINY = ["--no-progress", "--set", "env.num_envs=2", "--set", "ppo.num_steps=32",
 def test_testbed_layout_near_and_far_starts():
     minigrid_ids()
     near, far = gym.make(FULL_ID).unwrapped, gym.make(FAR_ID).unwrapped
+
+    def cells(env, kind, xs):
+        return [(x, y) for x in xs for y in range(1, 4) if env.grid.get(x, y) is not None
+                and env.grid.get(x, y).type == kind]
     for seed in range(5):
-        near.reset(seed=seed)
-        far.reset(seed=seed)
-        assert 1 <= near.agent_pos[0] <= 4 and 6 <= far.agent_pos[0] <= 7
-        door = [near.grid.get(5, y) for y in range(1, 6) if near.grid.get(5, y) is not None
-                and near.grid.get(5, y).type == "door"]
-        assert len(door) == 1 and door[0].is_locked
-        far_door = [far.grid.get(5, y) for y in range(1, 6) if far.grid.get(5, y).type == "door"]
-        assert far_door[0].is_open and not far_door[0].is_locked
-        walls = [y for y in range(1, 6) if far.grid.get(8, y) is not None]
-        assert len(walls) == 4  # one gap in the wall column
-        goal = [(x, y) for x in range(1, 12) for y in range(1, 6)
-                if far.grid.get(x, y) is not None and far.grid.get(x, y).type == "goal"]
-        assert len(goal) == 1 and goal[0][0] in (10, 11)
-        keys = [(x, y) for x in range(1, 5) for y in range(1, 6)
-                if near.grid.get(x, y) is not None and near.grid.get(x, y).type == "key"]
-        assert len(keys) == 1
+        for env in (near, far):
+            env.reset(seed=seed)
+            assert len(cells(env, "wall", [4])) == 2  # one gap in the first wall
+            doors = [env.grid.get(x, y) for x, y in cells(env, "door", range(1, 11))]
+            assert len(doors) == 1 and doors[0].is_locked and cells(env, "door", [8])
+            assert len(cells(env, "key", range(5, 8))) == 1 and not cells(env, "key", [1, 2, 3, 9, 10])
+            assert len(cells(env, "goal", [9, 10])) == 1
+        assert 1 <= near.agent_pos[0] <= 3 and far.agent_pos[0] == 5
 
 
 def test_kickstart_coefficient_by_hand():
@@ -193,10 +189,19 @@ def test_far_success_counts_each_environment_s_share_not_the_quickest_episodes(p
     assert success == 0.5 and ret == 0.5  # first-finished counting would give 7/8
 
 
+def test_success_share_is_the_goal_share_of_the_last_tenth_of_training_episodes(tmp_path):
+    rows = ["step,charts/episodic_return,losses/x", "10,0.0,", "50,,1.0", "91,0.5,", "95,0.0,", "100,0.7,"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert finetune.success_share(tmp_path) == pytest.approx(2 / 3)  # the episodes ended at steps 91, 95, 100
+    (tmp_path / "metrics.csv").write_text("step,losses/x\n10,1.0\n")
+    assert np.isnan(finetune.success_share(tmp_path))
+
+
 def test_runner_pretrains_on_demand_reuses_it_and_logs_far_success(tmp_path, capsys):
     common = [f"--results-dir={tmp_path}", "--pretrain-steps=128", "--total-steps=128", "--set",
               "run.eval_interval=64", "--set", "run.eval_episodes=2", "--set", "finetune.data_steps=64", *TINY]
     assert finetune.main(["--method=bc", "--run-name=bc", *common]) == 0
+    assert "warning: the pre-trained policy" in capsys.readouterr().err  # 128 steps learn nothing of the far part
     assert finetune.main(["--method=ewc", "--run-name=ewc", *common]) == 0
     assert "(reused)" in capsys.readouterr().err
     pre = tmp_path / "finetune" / "pretrain-NearFar-s1-128"
