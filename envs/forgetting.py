@@ -5,21 +5,26 @@ at the start of every episode and a *far* part reached only after it.
 ``plasticity/NearFar-v1`` (12 x 5, walls included)::
 
     W W W W W W W W W W W W
-    W . . . W . . . W . . W      near room (x 1-3): the agent, at random; a wall (x 4) with one gap at a random row
-    W . a . . . k . D . G W      far part: a key room (x 5-7) with a yellow key at random, a wall (x 8) with a
-    W . . . W . . . W . . W      locked yellow door at a random row, the goal room (x 9-10) with the goal at random
-    W W W W W W W W W W W W
+    W . L . W . k . W . . W      near room (x 1-3): the agent at x 1, a lava column (x 2) with one gap, a wall
+    W a . . . . . . D . G W      (x 4) with one gap, each gap at a random row
+    W . L . W . . . W . . W      far part: a key room (x 5-7) with a yellow key at random, a wall (x 8) with a
+    W W W W W W W W W W W W      locked yellow door at a random row, the goal room (x 9-10) with the goal at random
 
-The near part is easy (find the gap); the far part is DoorKey's (pick up the key, open the door, reach the goal),
-the part that takes learning, as the paper's NetHack agent knows the deep dungeon levels it rarely reaches early in
-fine-tuning. ``plasticity/NearFar-Far-v1`` is the same layout started in the far part: the agent at a random cell
-of x 5 facing a random way. A policy pre-trained there knows the far part and nothing of the near room. Reward, as
-every MiniGrid task: ``1 - 0.9 * steps / max_steps`` on reaching the goal, else 0. Time limit: ``10 * width *
-height`` = 600 steps, DoorKey's rule (``10 * size**2``). Uniformly random actions reach the goal in 7% of far starts
-and 2% of whole episodes (DoorKey-5x5: 8%, DoorKey-8x8: 4%; 400 episodes each). The paper's environments are not
-this; the layout is this suite's choice, after the issue's example (a first room, then a key-door room). ``-v0``
-had the key-door room first and a wall crossing last: its near part was the hard one, so no method learned the
-whole task in 250k fine-tuning steps and the transfer could not be judged.
+The near part is LavaGap's (cross the lava at its gap; stepping into lava ends the episode with nothing), then a
+wall to leave by its gap; the far part is DoorKey's (pick up the key, open the door, reach the goal), the part that
+takes learning, as the paper's NetHack agent knows the deep dungeon levels it rarely reaches early in fine-tuning.
+``plasticity/NearFar-Far-v1`` is the same layout started in the far part: the agent at a random cell of x 5 facing
+a random way. A policy pre-trained there knows the far part and nothing of the near room. Reward, as every MiniGrid
+task: ``1 - 0.9 * steps / max_steps`` on reaching the goal, else 0. Time limit: ``10 * width * height`` = 600
+steps, DoorKey's rule (``10 * size**2``). Uniformly random actions reach the goal in 6% of far starts, and from
+the near room reach the far part in 4% of episodes and the goal in none (400 episodes each; DoorKey-5x5: 8%).
+
+The paper's environments are not this; the layout is this suite's choice, after the issue's example (a first room,
+then a key-door room), and the near part must keep the far part out of reach early in fine-tuning, the paper's
+condition for forgetting. Measured on the way (2026-12-07): ``-v0`` had the key-door room first and a wall
+crossing last, and no method learned the whole task in 250k fine-tuning steps; a near room with the wall's gap only
+(commit 7d38945) let the pre-trained policy finish 31-50% of whole episodes from the start, and plain fine-tuning
+then forgot nothing (lowest far success 0.99 over 3 seeds).
 
 The observation is the minigrid suite's (:mod:`envs.minigrid`), so ``runners.minigrid`` trains on both ids and
 ``runners.finetune`` fine-tunes between them.
@@ -29,13 +34,13 @@ from __future__ import annotations
 import gymnasium as gym
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
-from minigrid.core.world_object import Door, Goal, Key
+from minigrid.core.world_object import Door, Goal, Key, Lava
 from minigrid.minigrid_env import MiniGridEnv
 
 WIDTH, HEIGHT = 12, 5
-GAP_X, DOOR_X = 4, 8
-NEAR_X, KEY_X, GOAL_X = (1, 3), (5, 7), (9, 10)  # (first, last) column of each room
-FAR_START_X = 5
+LAVA_X, GAP_X, DOOR_X = 2, 4, 8
+KEY_X, GOAL_X = (5, 7), (9, 10)  # (first, last) column of each room
+NEAR_START_X, FAR_START_X = 1, 5
 #: the testbed ids: (full task, started in the far part)
 FULL_ID, FAR_ID = "plasticity/NearFar-v1", "plasticity/NearFar-Far-v1"
 TESTBEDS = {"NearFar": (FULL_ID, FAR_ID)}
@@ -68,10 +73,15 @@ class NearFarEnv(MiniGridEnv):
         self.grid.wall_rect(0, 0, width, height)
         self.grid.vert_wall(GAP_X, 0)
         self.grid.set(GAP_X, self._rand_int(1, height - 1), None)
+        lava_gap = self._rand_int(1, height - 1)
+        for y in range(1, height - 1):
+            if y != lava_gap:
+                self.put_obj(Lava(), LAVA_X, y)
         self.grid.vert_wall(DOOR_X, 0)
         self.put_obj(Door("yellow", is_locked=True), DOOR_X, self._rand_int(1, height - 1))
         self._room(GOAL_X, Goal())
-        self._room((FAR_START_X, FAR_START_X) if self.start == "far" else NEAR_X)
+        start_x = FAR_START_X if self.start == "far" else NEAR_START_X
+        self._room((start_x, start_x))
         self._room(KEY_X, Key("yellow"))
         self.mission = self._gen_mission()
 
