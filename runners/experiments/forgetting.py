@@ -38,7 +38,7 @@ QUICK_SETS = ("--set", "run.eval_interval=2048", "--set", "run.eval_episodes=8",
 LABELS = {"ft": "fine-tuning (ft)", "freeze": "frozen encoder", "kickstart": "kickstarting",
           "bc": "behavioural cloning", "ewc": "EWC", "scratch": "from scratch (reference)"}
 FINAL = 0.1  # the full-task return at the end: the mean of the last 10% of logged episode returns
-CANDIDATES = 8  # pre-training seeds tried, in order, for the 3 competent ones (runners.finetune.COMPETENT)
+CANDIDATES = 10  # pre-training seeds tried, in order, for the 5 competent ones (runners.finetune.COMPETENT)
 #: (column, name on the page): the toolkit's diagnostics on the fine-tuned network at the end
 DIAGNOSTICS = (("plasticity/srank/actor/fc", "srank of the last hidden layer"),
                ("plasticity/dormant_frac/actor/fc", "dormant share of the last hidden layer"),
@@ -121,7 +121,7 @@ def forgetting(args) -> None:
     suffix = "_quick" if quick else ""
     # the testbed's version names the runs' folder, so runs on NearFar-v0's layout are never reused
     experiment, results = f"forgetting_{FULL_ID.split('-')[-1]}{suffix}", Path(args.results_dir)
-    seeds, shares = competent_seeds(quick, 2 if quick else 3, experiment, results)
+    seeds, shares = competent_seeds(quick, 2 if quick else 5, experiment, results)
     _, run_dirs = run_pretrained_arms(pretrain_arm(quick), lambda pre: finetune_arms(pre, quick), seeds,
                                              experiment, results)
     labels = [LABELS[m] for m in METHODS]
