@@ -58,7 +58,7 @@ class NearFarEnv(MiniGridEnv):
 
     @staticmethod
     def _gen_mission() -> str:
-        return "go through the gap, use the key to open the door and get to the goal"
+        return "cross the lava and the wall at their gaps, use the key to open the door and get to the goal"
 
     def _room(self, columns: tuple[int, int], obj=None) -> None:
         """Put ``obj`` (or the agent, when None) at a random free cell of the room spanning ``columns``."""

@@ -183,10 +183,11 @@ def forgetting(args) -> None:
     lines = [
         "# Forgetting in fine-tuning and its mitigation (Wolczyk et al. 2024), here", "",
         f"Command: `python -m runners.experiments forgetting{' --quick' if quick else ''}`. Testbed: "
-        f"`{FULL_ID}` (`envs/forgetting.py`): a near room to leave by a gap in its wall, then the far part, a key "
-        "room with a locked door to the goal room (DoorKey's task). Per seed, PPO (the minigrid suite's settings) "
-        f"is pre-trained for {int(pre_steps):,} steps on the far part alone (`{FAR_ID}`: episodes start in the key "
-        f"room), then each method fine-tunes that same policy for {int(total):,} steps on the whole task "
+        f"`{FULL_ID}` (`envs/forgetting.py`): a near room to leave across a lava column and a wall, each at one "
+        "gap, then the far part, a key room with a locked door to the goal room (DoorKey's task). Per seed, PPO "
+        f"(the minigrid suite's settings) is pre-trained for {int(pre_steps):,} steps on the far part alone "
+        f"(`{FAR_ID}`: episodes start in the key room), then each method fine-tunes that same policy for "
+        f"{int(total):,} steps on the whole task "
         "(`python -m runners.finetune --method=...`; `agents/finetune.py` for the methods and their sources). "
         "The paper fine-tunes competent policies, so a pre-training seed counts when at least "
         f"{COMPETENT:.0%} of its last 10% of training episodes reach the goal; seeds are tried in order "
