@@ -15,13 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from agents.finetune import METHODS
 from envs.forgetting import TESTBEDS
 from runners.cli import main as run_suite
 from runners.rundir import add_pretraining_flags, train_or_reuse
-from runners.storage import read_metrics
+from runners.storage import logged
 
 #: PPO on NearFar-v1's far part passes 90% success by about 120k steps in the seeds that learn it: 6 of seeds 1-8
 #: (seed 1 ends at 0.80, seed 4 at 0.00; results/forgetting.md, 2026-12-07); the budget's margin covers slower seeds
@@ -51,10 +49,7 @@ def pretrain(testbed: str, steps: int, seed: str, results_dir: str, passthrough:
 def success_share(run_dir: Path, tail: float = 0.1) -> float:
     """The share of the last ``tail`` of a run's training episodes (by step) that reached the goal (MiniGrid's
     return is positive exactly then); NaN when it logged none."""
-    metrics = read_metrics(run_dir / "metrics.csv")
-    steps = np.array(metrics["step"])
-    returns = np.array(metrics.get("charts/episodic_return", [np.nan] * len(steps)))
-    steps, returns = steps[~np.isnan(returns)], returns[~np.isnan(returns)]
+    steps, returns = logged(run_dir, "charts/episodic_return")
     return float((returns[steps >= steps[-1] * (1 - tail)] > 0).mean()) if len(steps) else float("nan")
 
 

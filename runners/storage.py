@@ -455,3 +455,11 @@ def read_metrics(path: Path) -> dict[str, list[float]]:
     """metrics.csv -> {column: values} with NaN for empty cells."""
     columns, data = read_metrics_array(path)
     return {col: data[:, i].tolist() for i, col in enumerate(columns)}
+
+
+def logged(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows of ``run_dir``'s metrics.csv where ``column`` was logged."""
+    m = read_metrics(run_dir / "metrics.csv")
+    steps, values = np.array(m["step"]), np.array(m.get(column, [math.nan] * len(m["step"])))
+    keep = ~np.isnan(values)
+    return steps[keep], values[keep]

@@ -1,4 +1,5 @@
-"""The Student-t interval helper shared by the experiment pages and the dashboard, against hand-computed values."""
+"""The Student-t interval helper shared by the experiment pages and the dashboard, against hand-computed values;
+the pages' metrics-column and machine-line helpers."""
 import math
 
 import numpy as np
@@ -35,3 +36,26 @@ def test_interval_order():
     assert interval_order((5.0, 1.0), (2.0, 1.0)) == 1
     assert interval_order((2.0, 1.0), (5.0, 1.0)) == -1
     assert interval_order((3.5, 1.0), (2.0, 1.0)) == 0
+
+
+def test_machine_line_dates_the_runs_not_the_rebuild(tmp_path):
+    import json
+    import time
+
+    from runners.experiments.common import machine_line
+    machine = {"cpu": "Some CPU", "cpu_count": 2, "torch": "2.13.0+cpu"}
+    for name, finished in (("a", "2026-12-05T10:00:00+0000"), ("b", "2026-12-06T09:00:00+0000"), ("c", None)):
+        (tmp_path / name).mkdir()
+        summary = {"machine": machine, **({"finished_at": finished} if finished else {})}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    dirs = {(n, 1): tmp_path / n for n in "abc"}
+    assert machine_line(dirs) == "Measured on: Some CPU, 2 cores, torch 2.13.0+cpu, one run per core (2026-12-06)."
+    assert machine_line({("c", 1): tmp_path / "c"}).endswith(f"({time.strftime('%Y-%m-%d')}).")
+
+
+def test_logged_keeps_the_rows_where_the_column_was_written(tmp_path):
+    from runners.storage import logged
+    (tmp_path / "metrics.csv").write_text("step,a,b\n1,0.5,\n2,,3.0\n4,0.25,\n")
+    steps, values = logged(tmp_path, "a")
+    assert steps.tolist() == [1, 4] and values.tolist() == [0.5, 0.25]
+    assert logged(tmp_path, "missing")[0].size == 0

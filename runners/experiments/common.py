@@ -17,7 +17,7 @@ import numpy as np
 from configs import CONFIG_DIR, read_yaml
 from runners.rundir import run_progress
 from runners.stats import interval_order, t_half_width, t_interval
-from runners.storage import atomic_savefig, atomic_write_json, atomic_write_text, make_dir, read_metrics
+from runners.storage import atomic_savefig, atomic_write_json, atomic_write_text, logged, make_dir, read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
@@ -196,9 +196,12 @@ def write_page(name: str, lines: list[str]) -> Path:
 
 
 def machine_line(run_dirs) -> str:
-    m = summary_of(next(iter(run_dirs.values())))["machine"]
-    return (f"Measured on: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, one run per core "
-            f"({time.strftime('%Y-%m-%d')}).")
+    """The machine of the runs and the day the last of them finished (today where no summary records it), not the
+    day the page is rebuilt from them."""
+    summaries = [summary_of(run_dir) for run_dir in run_dirs.values()]
+    m = summaries[0]["machine"]
+    day = max((s["finished_at"][:10] for s in summaries if s.get("finished_at")), default=time.strftime("%Y-%m-%d"))
+    return f"Measured on: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, one run per core ({day})."
 
 
 def run_value(run_dir: Path, section: str, name: str) -> Any:
@@ -212,8 +215,8 @@ def run_setting(run_dir: Path, section: str, name: str) -> int:
 
 
 def last_logged(run_dir: Path, column: str) -> float:
-    values = [v for v in read_metrics(run_dir / "metrics.csv").get(column, []) if not math.isnan(v)]
-    return values[-1] if values else math.nan
+    values = logged(run_dir, column)[1]
+    return float(values[-1]) if len(values) else math.nan
 
 
 def pd_fill(row: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from runners.experiments.common import (
 )
 from runners.finetune import COMPETENT, success_share
 from runners.stats import interval_order, t_interval
-from runners.storage import read_metrics
+from runners.storage import logged
 
 PRETRAIN, QUICK_PRETRAIN = "200000", "4096"
 FINETUNE, QUICK_FINETUNE = "250000", "8192"
@@ -78,14 +78,6 @@ def far_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]
     steps = np.array([e["step"] for e in evals], float)
     return (steps, np.array([e["far"]["success"] for e in evals]), float(evals[0]["far"]["success_pretrained"]),
             np.array([e["far"]["kl_from_pretrained"] for e in evals]))
-
-
-def logged(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of the rows where ``column`` was logged."""
-    m = read_metrics(run_dir / "metrics.csv")
-    steps, values = np.array(m["step"]), np.array(m.get(column, [math.nan] * len(m["step"])))
-    keep = ~np.isnan(values)
-    return steps[keep], values[keep]
 
 
 def binned_returns(run_dir: Path, edges: np.ndarray) -> np.ndarray:
