@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         share = success_share(pretrained)
         if not share >= COMPETENT:
             print(f"warning: the pre-trained policy ({pretrained}) reached the goal in {share:.0%} of its last far-part"
-                  f" training episodes (< {COMPETENT:.0%}): with nothing of the far part known, fine-tuning has "
-                  "nothing to forget; another --seed or more --pretrain-steps may learn it", file=sys.stderr)
+                  f" training episodes (< {COMPETENT:.0%}): it does not yet know the far part, so fine-tuning has "
+                  "less to forget; another --seed or more --pretrain-steps may learn it", file=sys.stderr)
     full_id, far_id = TESTBEDS[args.env]
     return run_suite("minigrid", ["--agent=ppo_finetune", f"--env={full_id}", f"--seed={args.seed}",
                                   f"--results-dir={args.results_dir}", "--experiment=finetune",
