@@ -258,3 +258,23 @@ def test_run_progress_names_completed_resumable_and_fresh_runs(tmp_path):
     assert run_progress(run) == "resume"
     (run / "summary.json").write_text(json.dumps({"status": "completed"}))
     assert run_progress(run) == "completed"
+
+
+def test_the_page_takes_the_first_competent_pretraining_seeds_or_says_why_not(monkeypatch, tmp_path):
+    import importlib
+
+    from configs import ConfigError
+    page = importlib.import_module("runners.experiments.forgetting")
+    shares = {1: 0.8, 2: 1.0, 3: 0.95, 4: 0.0, 5: 1.0, 6: 0.2}
+    tried = []
+
+    def run_arms(arms, seeds, *args):
+        tried.extend(seeds)
+        return {("pretrain", s): tmp_path / str(s) for s in seeds}
+    monkeypatch.setattr(page, "run_arms", run_arms)
+    monkeypatch.setattr(page, "success_share", lambda run_dir: shares[int(run_dir.name)])
+    assert page.competent_seeds(False, 3, "e", tmp_path) == ([2, 3, 5], {s: shares[s] for s in range(1, 7)})
+    assert tried == [1, 2, 3, 4, 5, 6]
+    monkeypatch.setattr(page, "CANDIDATES", 4)
+    with pytest.raises(ConfigError, match="only 2 of 4 pre-training seeds learned the far part"):
+        page.competent_seeds(False, 3, "e", tmp_path)

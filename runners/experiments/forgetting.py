@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.finetune import METHODS
+from configs import ConfigError
 from envs.forgetting import FAR_ID, FULL_ID
 from runners.experiments.common import (
     BEATS,
@@ -68,7 +69,7 @@ def competent_seeds(quick: bool, wanted: int, experiment: str, results: Path) ->
         chosen = sorted(shares) if quick else [s for s in sorted(shares) if shares[s] >= COMPETENT]
         if len(chosen) >= wanted:
             return chosen[:wanted], shares
-    raise RuntimeError(f"only {len(chosen)} of {CANDIDATES} pre-training seeds learned the far part "
+    raise ConfigError(f"only {len(chosen)} of {CANDIDATES} pre-training seeds learned the far part "
                        f"(success shares {shares}); the page needs {wanted}")
 
 
