@@ -2,7 +2,7 @@
 Forgetting Mitigation Problem", ICML 2024), at a size that fits 2 CPU cores: a MiniGrid task with a *near* part met
 at the start of every episode and a *far* part reached only after it.
 
-``plasticity/NearFar-v1`` (12 x 5, walls included)::
+``plasticity/NearFar-v2`` (12 x 5, walls included)::
 
     W W W W W W W W W W W W
     W . L . W . k . W . . W      near room (x 1-3): the agent at x 1, a lava column (x 2) with one gap, a wall
@@ -10,14 +10,21 @@ at the start of every episode and a *far* part reached only after it.
     W . L . W . . . W . . W      far part: a key room (x 5-7) with a yellow key at random, a wall (x 8) with a
     W W W W W W W W W W W W      locked yellow door at a random row, the goal room (x 9-10) with the goal at random
 
-The near part is LavaGap's (cross the lava at its gap; stepping into lava ends the episode with nothing), then a
-wall to leave by its gap; the far part is DoorKey's (pick up the key, open the door, reach the goal), the part that
+The near part is LavaGap's (cross the lava at its gap; stepping into lava ends the episode with nothing more), then
+a wall to leave by its gap; the far part is DoorKey's (pick up the key, open the door, reach the goal), the part that
 takes learning, as the paper's NetHack agent knows the deep dungeon levels it rarely reaches early in fine-tuning.
-``plasticity/NearFar-Far-v1`` is the same layout started in the far part: the agent at a random cell of x 5 facing
-a random way. A policy pre-trained there knows the far part and nothing of the near room. Reward, as every MiniGrid
-task: ``1 - 0.9 * steps / max_steps`` on reaching the goal, else 0. Time limit: ``10 * width * height`` = 600
-steps, DoorKey's rule (``10 * size**2``). Uniformly random actions reach the goal in 6% of far starts, and from
-the near room reach the far part in 4% of episodes and the goal in none (400 episodes each; DoorKey-5x5: 8%).
+``plasticity/NearFar-Far-v2`` is the same layout started in the far part: the agent at a random cell of x 5 facing
+a random way. A policy pre-trained there knows the far part and nothing of the near room.
+
+Reward, stage by stage: ``NEAR_REWARD`` (0.5) the first time the agent enters the far part from the near room, and
+MiniGrid's ``1 - 0.9 * steps / max_steps`` on reaching the goal; a whole episode's return is at most 1.5, a
+far-start episode's at most 1 (it starts past the near part, so it has no near reward; success there is a return
+above 0). The paper's main domain, NetHack, pays its score along the way; a reward at the goal only (``-v1``) left
+the near part unlearnable here: over 250k fine-tuning steps the whole-task return of the last tenth stayed below
+0.1 in 18 of 30 runs, retention methods included, so the transfer could not be judged. Time limit:
+``10 * width * height`` = 600 steps, DoorKey's rule (``10 * size**2``). Uniformly random actions reach the goal in 6%
+of far starts, and from the near room reach the far part in 4% of episodes and the goal in none (400 episodes each;
+DoorKey-5x5: 8%).
 
 The paper's environments are not this; the layout is this suite's choice, after the issue's example (a first room,
 then a key-door room), and the near part must keep the far part out of reach early in fine-tuning, the paper's
@@ -31,6 +38,8 @@ The observation is the minigrid suite's (:mod:`envs.minigrid`), so ``runners.min
 """
 from __future__ import annotations
 
+from typing import Any, SupportsFloat
+
 import gymnasium as gym
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
@@ -41,8 +50,9 @@ WIDTH, HEIGHT = 12, 5
 LAVA_X, GAP_X, DOOR_X = 2, 4, 8
 KEY_X, GOAL_X = (5, 7), (9, 10)  # (first, last) column of each room
 NEAR_START_X, FAR_START_X = 1, 5
+NEAR_REWARD = 0.5  # on first entering the far part from the near room
 #: the testbed ids: (full task, started in the far part)
-FULL_ID, FAR_ID = "plasticity/NearFar-v1", "plasticity/NearFar-Far-v1"
+FULL_ID, FAR_ID = "plasticity/NearFar-v2", "plasticity/NearFar-Far-v2"
 TESTBEDS = {"NearFar": (FULL_ID, FAR_ID)}
 
 
@@ -84,6 +94,16 @@ class NearFarEnv(MiniGridEnv):
         self._room((start_x, start_x))
         self._room(KEY_X, Key("yellow"))
         self.mission = self._gen_mission()
+        self.near_left = self.start == "far"
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """MiniGrid's step, plus ``NEAR_REWARD`` on the first step into the far part."""
+        obs: Any
+        obs, reward, terminated, truncated, info = super().step(action)
+        if not self.near_left and self.agent_pos[0] >= FAR_START_X:
+            self.near_left = True
+            reward = float(reward) + NEAR_REWARD
+        return obs, float(reward), terminated, truncated, info
 
 
 def register_testbeds() -> None:

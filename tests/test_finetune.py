@@ -13,7 +13,7 @@ pytest.importorskip("minigrid")
 
 from agents.finetune import FinetunePPO, diagonal_fisher, encoder_layers, ewc_penalty, kickstart_coefficient  # noqa: E402
 from agents.networks import minigrid_cnn  # noqa: E402
-from envs.forgetting import FAR_ID, FULL_ID  # noqa: E402
+from envs.forgetting import FAR_ID, FULL_ID, NEAR_REWARD  # noqa: E402
 from envs.minigrid import minigrid_ids  # noqa: E402
 from runners import finetune  # noqa: E402
 from runners.cli import main  # noqa: E402
@@ -39,6 +39,22 @@ def test_testbed_layout_near_and_far_starts():
             assert len(cells(env, "key", range(5, 8))) == 1 and not cells(env, "key", [1, 2, 3, 9, 10])
             assert len(cells(env, "goal", [9, 10])) == 1
         assert near.agent_pos[0] == 1 and far.agent_pos[0] == 5
+
+
+def test_testbed_pays_the_near_reward_once_on_entering_the_far_part():
+    minigrid_ids()
+    near, far = gym.make(FULL_ID).unwrapped, gym.make(FAR_ID).unwrapped
+    near.reset(seed=0)
+    gap = next(y for y in range(1, 4) if near.grid.get(4, y) is None)
+    forward = near.actions.forward
+    near.agent_pos, near.agent_dir = (4, gap), 0  # in the wall's gap, facing the far part
+    assert near.step(forward)[1] == NEAR_REWARD and tuple(near.agent_pos) == (5, gap)
+    near.agent_pos, near.agent_dir = (4, gap), 0  # entering again pays nothing
+    assert near.step(forward)[1] == 0
+    far.reset(seed=0)
+    far.agent_pos, far.agent_dir = (4, gap), 0  # far starts begin past the near part: no near reward
+    far.grid.set(4, gap, None)
+    assert far.step(forward)[1] == 0
 
 
 def test_kickstart_coefficient_by_hand():
