@@ -22,8 +22,8 @@ from runners.rundir import add_pretraining_flags, train_or_reuse
 from runners.storage import logged
 
 #: PPO on NearFar's far part (-v1's, the same as -v2's) passes 90% success by about 120k steps in the seeds that
-#: learn it: 6 of seeds 1-8
-#: (seed 1 ends at 0.80, seed 4 at 0.00; results/forgetting.md, 2026-12-07); the budget's margin covers slower seeds
+#: learn it: 10 of seeds 1-14 (seed 1 ends at 0.80; seeds 4, 10 and 14 at 0.00; results/forgetting.md, 2026-12-08);
+#: the budget's margin covers slower seeds
 PRETRAIN_STEPS = 200_000
 #: a pre-trained policy knows the far part when at least this share of its last 10% of training episodes reach the
 #: goal (suite choice: the paper fine-tunes competent policies)

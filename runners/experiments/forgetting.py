@@ -39,8 +39,9 @@ QUICK_SETS = ("--set", "run.eval_interval=2048", "--set", "run.eval_episodes=8",
 LABELS = {"ft": "fine-tuning (ft)", "freeze": "frozen encoder", "kickstart": "kickstarting",
           "bc": "behavioural cloning", "ewc": "EWC", "scratch": "from scratch (reference)"}
 FINAL = 0.1  # the full-task return at the end: the mean of the last 10% of logged episode returns
-SEEDS = 10  # fine-tuned seeds: with 5, plain fine-tuning's spread across seeds (lowest far success 0.22-0.86 on -v2)
-#: left every interval overlapping
+#: fine-tuned seeds: with 5, plain fine-tuning's spread across seeds (lowest far success 0.22-0.86 on -v2) left
+#: every interval overlapping
+SEEDS = 10
 CANDIDATES = 16  # pre-training seeds tried, in order, for the competent ones (runners.finetune.COMPETENT)
 #: (column, name on the page): the toolkit's diagnostics on the fine-tuned network at the end
 DIAGNOSTICS = (("plasticity/srank/actor/fc", "srank of the last hidden layer"),
