@@ -103,7 +103,7 @@ class NearFarEnv(MiniGridEnv):
         if not self.near_left and self.agent_pos[0] >= FAR_START_X:
             self.near_left = True
             reward = float(reward) + NEAR_REWARD
-        return obs, float(reward), terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
 
 def register_testbeds() -> None:

@@ -20,6 +20,7 @@ from envs.forgetting import FAR_ID, FULL_ID, NEAR_REWARD
 from runners.experiments.common import (
     BEATS,
     Arm,
+    last_logged,
     machine_line,
     plot_bands,
     pyplot,
@@ -146,12 +147,11 @@ def forgetting(args) -> None:
     per_seed_final: dict[str, list[float]] = {}
     rows = []
     for label in labels:
-        tail = [binned_returns(run_dirs[(label, s)], edges) for s in seeds]
-        final = [nan_mean(r[-max(1, round(len(r) * FINAL)):]) for r in tail]
+        final = [nan_mean(r[-max(1, round(len(r) * FINAL)):]) for r in returns[label]]
         per_seed_final[label] = final
         diag = []
         for column, _ in DIAGNOSTICS:
-            diag.append(interval([logged(run_dirs[(label, s)], column)[1][-1] for s in seeds]))
+            diag.append(interval([last_logged(run_dirs[(label, s)], column) for s in seeds]))
         stats[label] = {"min": interval(success[label].min(1)), "end": interval(success[label][:, -1]),
                         "final": interval(final), "kl": interval(kl[label][:, -1])}
         rows.append(f"| {label} | {fmt(stats[label]['min'])} | {fmt(stats[label]['end'])} | "
